@@ -1,0 +1,211 @@
+"""Tests of tools/workspace on a tiny synthetic upstream project.
+
+Each test builds a throw-away repository (pins, patches, overlay) around a
+small sdist made on the fly, so they need git but no network.
+"""
+
+import contextlib
+import hashlib
+import importlib.machinery
+import importlib.util
+import io
+import json
+import pathlib
+import subprocess
+import tarfile
+import tempfile
+import unittest
+
+TOOL = pathlib.Path(__file__).resolve().parent.parent / 'workspace'
+_loader = importlib.machinery.SourceFileLoader('workspace_tool', str(TOOL))
+_spec = importlib.util.spec_from_loader('workspace_tool', _loader)
+workspace = importlib.util.module_from_spec(_spec)
+_loader.exec_module(workspace)
+
+UPSTREAM = {
+    'demo/__init__.py': 'VERSION = "1.0"\n',
+    'demo/core.py': 'def answer():\n    return 41\n',
+    'README.rst': 'Demo project\n',
+}
+
+
+def git(cwd, *args):
+    return subprocess.run(
+        ['git', '-c', 'user.name=Dev', '-c', 'user.email=dev@example.org',
+         *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+class WorkspaceToolTest(unittest.TestCase):
+
+    def setUp(self):
+        self.tmp = pathlib.Path(self.enterContext(
+            tempfile.TemporaryDirectory()))
+        self.sdist = self.tmp / 'demo-1.0.tar.gz'
+        with tarfile.open(self.sdist, 'w:gz') as tar:
+            for name, text in UPSTREAM.items():
+                data = text.encode()
+                info = tarfile.TarInfo('demo-1.0/' + name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        self.root = self.tmp / 'repo'
+        (self.root / 'patches' / 'demo').mkdir(parents=True)
+        self.write_pins(hashlib.sha256(self.sdist.read_bytes()).hexdigest())
+        self.tree = self.root / '.workspace' / 'demo'
+
+    def write_pins(self, sha256, url=None):
+        pins = {'demo': {'version': '1.0',
+                         'url': url or self.sdist.as_uri(),
+                         'sha256': sha256, 'overlay_dirs': ['demo']}}
+        (self.root / 'upstream.json').write_text(json.dumps(pins))
+
+    def build(self, discard=False):
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            workspace.cmd_build(self.root, discard=discard, venv=False)
+        return out.getvalue()
+
+    def export(self):
+        with contextlib.redirect_stdout(io.StringIO()):
+            workspace.cmd_export(self.root)
+
+    def check(self):
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            code = workspace.cmd_check(self.root)
+        return code, out.getvalue()
+
+    def repo_files(self):
+        return {str(p.relative_to(self.root)): p.read_bytes()
+                for p in self.root.rglob('*')
+                if p.is_file() and '.workspace' not in p.parts}
+
+    def commit_change(self):
+        """One workspace commit: an upstream edit plus a new overlay file."""
+        (self.tree / 'demo' / 'core.py').write_text(
+            'def answer():\n    return 42\n')
+        (self.tree / 'demo' / 'extra.py').write_text('EXTRA = True\n')
+        git(self.tree, 'add', '-A')
+        git(self.tree, 'commit', '-q', '-m',
+            'Fix the answer\n\nIt was off by one.')
+
+    def test_build_lays_out_pristine_then_patches(self):
+        self.build()
+        log = git(self.tree, 'log', '--format=%s').splitlines()
+        self.assertEqual(['Import demo 1.0 sdist'], log)
+        self.assertEqual('def answer():\n    return 41\n',
+                         (self.tree / 'demo' / 'core.py').read_text())
+
+    def test_export_splits_upstream_edits_from_new_files(self):
+        self.build()
+        self.commit_change()
+        self.export()
+
+        patches = sorted((self.root / 'patches' / 'demo').iterdir())
+        self.assertEqual(['0001-Fix-the-answer.patch'],
+                         [p.name for p in patches])
+        patch = patches[0].read_text()
+        self.assertIn('+    return 42', patch)
+        self.assertNotIn('extra.py', patch)
+        self.assertEqual('EXTRA = True\n',
+                         (self.root / 'demo' / 'extra.py').read_text())
+        self.assertFalse((self.root / 'demo' / 'core.py').exists())
+
+    def test_round_trip_changes_nothing(self):
+        self.build()
+        self.commit_change()
+        self.export()
+        before = self.repo_files()
+
+        self.build(discard=True)    # a fresh build from the repository
+        self.assertEqual('def answer():\n    return 42\n',
+                         (self.tree / 'demo' / 'core.py').read_text())
+        self.assertTrue((self.tree / 'demo' / 'extra.py').exists())
+        self.export()
+
+        self.assertEqual(before, self.repo_files())
+        self.assertEqual(0, self.check()[0])
+
+    def test_second_build_is_a_no_op(self):
+        self.build()
+        head = git(self.tree, 'rev-parse', 'HEAD')
+        self.assertIn('demo: up to date', self.build())
+        self.assertEqual(head, git(self.tree, 'rev-parse', 'HEAD'))
+
+    def test_check_reports_unexported_commit(self):
+        self.build()
+        self.assertEqual(0, self.check()[0])
+        self.commit_change()
+
+        code, out = self.check()
+        self.assertEqual(1, code)
+        self.assertIn('patches/demo/0001-Fix-the-answer.patch is in the '
+                      'workspace but not exported', out)
+        self.assertIn('demo/extra.py is in the workspace but not exported',
+                      out)
+        self.export()
+        self.assertEqual(0, self.check()[0])
+
+    def test_check_reports_uncommitted_change(self):
+        self.build()
+        (self.tree / 'README.rst').write_text('edited\n')
+        code, out = self.check()
+        self.assertEqual(1, code)
+        self.assertIn('uncommitted', out)
+        self.assertIn('README.rst', out)
+
+    def test_check_reports_repo_changed_since_build(self):
+        self.build()
+        (self.root / 'demo').mkdir()
+        (self.root / 'demo' / 'new.py').write_text('NEW = 1\n')
+        code, out = self.check()
+        self.assertEqual(1, code)
+        self.assertIn('demo/new.py is in the repo but not in the workspace',
+                      out)
+
+    def test_build_refuses_to_overwrite_unexported_work(self):
+        self.build()
+        (self.tree / 'README.rst').write_text('precious\n')
+        # The repository moves on (a new overlay file), so a build must
+        # rebuild, which would lose the uncommitted edit.
+        (self.root / 'demo').mkdir()
+        (self.root / 'demo' / 'new.py').write_text('NEW = 1\n')
+        with self.assertRaisesRegex(workspace.WorkspaceError,
+                                    'not exported.*--discard'):
+            self.build()
+        self.assertEqual('precious\n',
+                         (self.tree / 'README.rst').read_text())
+
+        self.build(discard=True)
+        self.assertEqual('Demo project\n',
+                         (self.tree / 'README.rst').read_text())
+
+    def test_hash_mismatch_is_a_hard_error(self):
+        self.write_pins('0' * 64)
+        with self.assertRaisesRegex(workspace.WorkspaceError,
+                                    'sha256 mismatch'):
+            self.build()
+        self.assertFalse(self.tree.exists())
+
+    def test_download_failure_is_reported(self):
+        self.write_pins('0' * 64, url=(self.tmp / 'missing.tar.gz').as_uri())
+        with self.assertRaisesRegex(workspace.WorkspaceError,
+                                    'cannot download .*missing.tar.gz'):
+            self.build()
+
+    def test_patch_that_does_not_apply_names_patch_and_file(self):
+        self.build()
+        self.commit_change()
+        self.export()
+        patch = next((self.root / 'patches' / 'demo').iterdir())
+        text = patch.read_text()
+        self.assertIn('-    return 41', text)
+        patch.write_text(text.replace('-    return 41', '-    return 40'))
+
+        with self.assertRaises(workspace.WorkspaceError) as ctx:
+            self.build(discard=True)
+        message = str(ctx.exception)
+        self.assertIn('patches/demo/0001-Fix-the-answer.patch does not '
+                      'apply', message)
+        self.assertIn('demo/core.py', message)
+
+
+if __name__ == '__main__':
+    unittest.main()
