@@ -1,0 +1,344 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""End-to-end tests of cold migrate/resize with vPMEM on two real hosts.
+
+Each test builds the whole environment (network namespaces with real sshd,
+per-host namespace stand-ins, patched Nova's services in this process with
+the API on real HTTP), boots a server with vPMEM on host A, writes a known
+pattern into its namespace and drives Nova with the real ``openstack`` CLI.
+
+Faults are real: a helper process killed mid-stream (SIGBUS, as a poisoned
+PMEM line does), ssh connections killed, the destination's link taken down,
+its backing storage filled, its pinned host key changed, a copy held past
+the copy timeout. Only ``finish_migration``'s guest creation is made to fail
+by patching the destination driver, because fakelibvirt has no real
+hypervisor to break.
+
+Tests that need the copy feature (API microversion 2.105, the CLI flag and
+the copy helper) are skipped with the reason when it is absent.
+
+Run (as root, from the repo root):  tools/run-e2e-tests
+"""
+
+import os
+import unittest
+import warnings
+
+warnings.filterwarnings('ignore')
+os.environ.setdefault('OS_NOVA_DISABLE_EVENTLET_PATCHING', 'False')
+
+from nova import exception  # noqa: E402 (nova/__init__ monkey patches)
+
+from e2e import cloud as cloud_mod  # noqa: E402
+from e2e import environment  # noqa: E402
+from e2e import namespaces as ns_mod  # noqa: E402
+from e2e import scenario as scenario_mod  # noqa: E402
+
+NAMESPACE_MIB = 8
+MIB = 1024 * 1024
+
+
+def log(text=''):
+    pass
+
+
+_FEATURE = []
+
+
+def copy_feature(env):
+    if not _FEATURE:
+        _FEATURE.append(scenario_mod.copy_feature(env))
+    return _FEATURE[0]
+
+
+class E2ETestCase(unittest.TestCase):
+    """One fresh environment per test, with a server on host A."""
+
+    copy_timeout = 0
+    needs_copy = False
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('needs root (network namespaces, sshd, mounts)')
+        self.env = environment.Environment(namespace_mib=NAMESPACE_MIB,
+                                           copy_timeout=self.copy_timeout)
+        if self.needs_copy:
+            # Checked before building anything; checked again against the
+            # running API below.
+            feature = copy_feature(self.env)
+            if not feature.available:
+                self.skipTest('copy feature %s' % feature)
+        self.env.setup()
+        self.addCleanup(self.env.teardown)
+        self.cloud = cloud_mod.NovaCloud()
+        self.cloud.env = self.env
+        # Registered first: undoes the fixtures even if setUp fails half way.
+        self.addCleanup(self.cloud.doCleanups)
+        self.cloud.setUp()
+        self.sc = scenario_mod.Scenario(self.env, self.cloud, say=log)
+        self.sc.create_flavors()
+        self.server = self.sc.boot(self.env.a)
+        host, written = self.sc.write_pattern(self.server)
+        self.assertIs(self.env.a, host)
+        self.src_ns, self.src_digest = written[0]
+
+    def require_copy(self):
+        feature = self.sc.feature()
+        if not feature.available:
+            self.skipTest('copy feature %s' % feature)
+
+    # -- assertions ---------------------------------------------------------
+
+    def assert_source_intact(self):
+        self.assertEqual(self.src_digest,
+                         ns_mod.digest(self.src_ns.backing, self.src_ns.size),
+                         'source namespace changed')
+
+    def assert_host_zeroed(self, host):
+        for ns in host.namespaces.namespaces:
+            self.assertTrue(ns_mod.is_zero(ns.backing, ns.size),
+                            '%s:%s is not zero' % (host.name, ns.devpath))
+
+    def assert_rolled_back(self, migration):
+        """The documented outcome of a failed copy: no byte lost."""
+        self.assertIn(migration['status'], ('error', 'failed'))
+        server = self.sc.wait_task_done(self.server)
+        self.assertEqual('ACTIVE', server['status'])
+        self.assertEqual('hostA', server['OS-EXT-SRV-ATTR:host'])
+        self.assert_source_intact()
+        self.assert_host_zeroed(self.env.b)
+        self.assertTrue(self.sc.fault_message(self.server),
+                        'no fault message recorded')
+        return server
+
+
+class TestEnvironment(E2ETestCase):
+    """The environment itself, independent of the copy feature."""
+
+    def test_hosts_are_reachable_with_pinned_keys_only(self):
+        for host in self.env.hosts:
+            result = self.env.pair.check_ssh(host)
+            self.assertEqual(0, result.returncode, result.stderr)
+        dropin = open('/etc/ssh/ssh_config.d/nova-e2e.conf').read()
+        self.assertIn('StrictHostKeyChecking yes', dropin)
+        self.assertIn('BatchMode yes', dropin)
+        self.assertNotIn('StrictHostKeyChecking no', dropin)
+        # A wrong pinned key is refused.
+        other = self.env.a.public_host_key()
+        self.env.pair.write_known_hosts({'hostB': other})
+        result = self.env.pair.check_ssh(self.env.b)
+        self.assertNotEqual(0, result.returncode)
+        self.assertIn('Host key verification failed', result.stderr)
+
+    def test_each_compute_sees_its_own_namespaces_and_address(self):
+        for host in self.env.hosts:
+            driver = self.cloud.computes[host.name].driver
+            self.assertEqual(host.address, driver.get_host_ip_addr())
+            self.assertEqual(
+                {ns.name: ns.devpath for ns in host.namespaces.namespaces},
+                {name: vpmem.devpath
+                 for name, vpmem in driver._vpmems_by_name.items()})
+        self.assertNotEqual(self.env.a.namespaces.namespaces[0].devpath,
+                            self.env.b.namespaces.namespaces[0].devpath)
+
+
+class TestWithoutCopy(E2ETestCase):
+    """Today's behaviour: moves without --copy-pmem-devices."""
+
+    def test_migrate_leaves_destination_empty_confirm_zeroes_source(self):
+        migration, _ = self.sc.migrate(self.server, copy=False)
+        self.assertEqual('finished', migration['status'])
+        source, old, dest, new = self.cloud.migration_namespaces(
+            self.server, migration)
+        self.assertEqual(('hostA', 'hostB'), (source.name, dest.name))
+        self.assertTrue(ns_mod.is_zero(new[0].backing, new[0].size))
+        self.assert_source_intact()        # until confirm
+        self.sc.confirm(self.server)
+        self.assertEqual('hostB', self.cloud.host_of(self.server))
+        self.assertTrue(ns_mod.is_zero(old[0].backing, old[0].size),
+                        'confirm did not zero the source namespace')
+        self.assertIn(('hostA', old[0].devpath), self.cloud.zeroed)
+
+    def test_revert_keeps_source_and_zeroes_destination(self):
+        migration, _ = self.sc.resize(self.server, 'pmem.bigger', copy=False)
+        self.assertEqual('finished', migration['status'])
+        _, _, dest, new = self.cloud.migration_namespaces(self.server,
+                                                          migration)
+        # The guest wrote to its new namespace before the revert.
+        ns_mod.dirty(new[0].backing, new[0].size, seed=7)
+        self.sc.revert(self.server)
+        self.assertEqual('hostA', self.cloud.host_of(self.server))
+        self.assert_source_intact()
+        self.assertTrue(ns_mod.is_zero(new[0].backing, new[0].size),
+                        'revert did not zero the destination namespace')
+
+    def test_destination_unreachable(self):
+        self.env.b.link(up=False)
+        migration, _ = self.sc.migrate(self.server, copy=False)
+        self.env.b.link(up=True)
+        self.assert_rolled_back(migration)
+
+    def test_destination_host_key_mismatch(self):
+        self.env.pair.write_known_hosts(
+            {'hostB': self.env.a.public_host_key()})
+        migration, _ = self.sc.migrate(self.server, copy=False)
+        self.assert_rolled_back(migration)
+
+
+class TestCopy(E2ETestCase):
+    """--copy-pmem-devices: the demo steps as assertions."""
+
+    needs_copy = True
+
+    def setUp(self):
+        super().setUp()
+        self.require_copy()
+
+    def test_migrate_copy_confirm(self):
+        migration, _ = self.sc.migrate(self.server, copy=True)
+        self.assertEqual('finished', migration['status'])
+        source, old, dest, new = self.cloud.migration_namespaces(
+            self.server, migration)
+        self.assertEqual('hostB', dest.name)
+        self.assertEqual(self.src_digest,
+                         ns_mod.digest(new[0].backing, self.src_ns.size))
+        self.sc.confirm(self.server)
+        self.assertTrue(ns_mod.is_zero(old[0].backing, old[0].size))
+        self.assertEqual(self.src_digest,
+                         ns_mod.digest(new[0].backing, self.src_ns.size))
+
+    def test_resize_copy_revert(self):
+        migration, _ = self.sc.resize(self.server, 'pmem.bigger', copy=True)
+        self.assertEqual('finished', migration['status'])
+        _, _, dest, new = self.cloud.migration_namespaces(self.server,
+                                                          migration)
+        self.assertEqual(self.src_digest,
+                         ns_mod.digest(new[0].backing, self.src_ns.size))
+        self.assertTrue(ns_mod.is_zero_range(
+            new[0].backing, self.src_ns.size,
+            new[0].size - self.src_ns.size))
+        self.sc.revert(self.server)
+        self.assertEqual('hostA', self.cloud.host_of(self.server))
+        self.assert_source_intact()
+        self.assert_host_zeroed(self.env.b)
+
+    def test_resize_copy_confirm(self):
+        migration, _ = self.sc.resize(self.server, 'pmem.bigger', copy=True)
+        _, old, _, new = self.cloud.migration_namespaces(self.server,
+                                                         migration)
+        self.sc.confirm(self.server)
+        self.assertEqual('hostB', self.cloud.host_of(self.server))
+        self.assertEqual(self.src_digest,
+                         ns_mod.digest(new[0].backing, self.src_ns.size))
+        self.assert_host_zeroed(self.env.a)
+
+    def test_copy_without_flag_after_copy(self):
+        """A later move without the flag does not copy (flag not sticky)."""
+        self.sc.migrate(self.server, copy=True)
+        self.sc.revert(self.server)
+        migration, _ = self.sc.migrate(self.server, copy=False)
+        _, _, _, new = self.cloud.migration_namespaces(self.server,
+                                                       migration)
+        self.assertTrue(ns_mod.is_zero(new[0].backing, new[0].size))
+
+
+class TestCopyFaults(E2ETestCase):
+    """Fault matrix: every failure leaves the server whole on the source."""
+
+    needs_copy = True
+
+    def setUp(self):
+        super().setUp()
+        self.require_copy()
+
+    def test_source_read_failure(self):
+        self.env.arm(self.env.a, 'send', 2 * MIB, 'fail')
+        migration, _ = self.sc.migrate(self.server, copy=True)
+        self.assert_rolled_back(migration)
+
+    def test_ssh_connection_cut_mid_stream(self):
+        self.env.arm(self.env.b, 'receive', 2 * MIB, 'hold')
+        self.sc.cli.run('server', 'migrate', '--copy-pmem-devices',
+                        self.server,
+                        microversion=cloud_mod.COPY_MICROVERSION)
+        self.env.wait_reached(self.env.b, 'receive')
+        self.env.disarm()
+        self.assertGreater(self.env.b.kill_ssh_sessions(), 0)
+        migration = self.sc.wait_migration(self.server, set())
+        self.assert_rolled_back(migration)
+
+    def test_destination_write_failure(self):
+        self.env.b.namespaces.fill_storage()
+        try:
+            migration, _ = self.sc.migrate(self.server, copy=True)
+        finally:
+            self.env.b.namespaces.free_storage()
+        self.assert_rolled_back(migration)
+
+    def test_destination_write_failure_mid_stream(self):
+        self.env.arm(self.env.b, 'receive', 2 * MIB, 'fail')
+        migration, _ = self.sc.migrate(self.server, copy=True)
+        self.assert_rolled_back(migration)
+
+    def test_destination_unreachable(self):
+        self.env.b.link(up=False)
+        try:
+            migration, _ = self.sc.migrate(self.server, copy=True)
+        finally:
+            self.env.b.link(up=True)
+        self.assert_rolled_back(migration)
+
+    def test_destination_host_key_mismatch(self):
+        self.env.pair.write_known_hosts(
+            {'hostB': self.env.a.public_host_key()})
+        migration, _ = self.sc.migrate(self.server, copy=True)
+        self.env.pair.write_known_hosts()
+        self.assert_rolled_back(migration)
+
+    def test_finish_resize_failure_on_destination(self):
+        """Guest creation fails on B after the copy landed there.
+
+        Documented outcome (no mechanism moves the server back): the server
+        is in ERROR on the destination, the migration in error, the
+        destination namespaces zeroed and the source data still intact.
+        """
+        dest_driver = self.cloud.computes['hostB'].driver
+
+        def fail(*args, **kwargs):
+            raise exception.NovaException(
+                'e2e: guest creation failed on hostB')
+        dest_driver._create_guest_with_network = fail
+        migration, _ = self.sc.migrate(self.server, copy=True)
+        self.assertIn(migration['status'], ('error', 'failed'))
+        server = self.sc.wait_task_done(self.server)
+        self.assertEqual('ERROR', server['status'])
+        self.assert_source_intact()
+        self.assert_host_zeroed(self.env.b)
+
+
+class TestCopyTimeout(E2ETestCase):
+
+    copy_timeout = 5
+
+    needs_copy = True
+
+    def setUp(self):
+        super().setUp()
+        self.require_copy()
+
+    def test_copy_timeout(self):
+        self.env.arm(self.env.b, 'receive', 2 * MIB, 'hold')
+        migration, seconds = self.sc.migrate(self.server, copy=True)
+        self.assertGreaterEqual(seconds, self.copy_timeout)
+        self.assert_rolled_back(migration)
