@@ -1,0 +1,510 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Root helper that reads, writes and zeroes vPMEM namespaces.
+
+``nova-vpmem-copy`` is the only privileged step of the vPMEM copy done on
+cold migration and resize (see ``nova.virt.libvirt.vpmem_copy``).
+nova-compute runs it through ``sudo -n`` (``[libvirt]
+vpmem_copy_root_helper``), locally and on the destination host over ssh, so
+it must be allowed for the nova user in sudoers, e.g.::
+
+    nova ALL = (root) NOPASSWD: /usr/bin/nova-vpmem-copy
+
+Subcommands:
+
+``send``
+    Read a byte range of a namespace and write it to stdout as a framed
+    stream: all-zero chunks become small ZERO records, other chunks DATA
+    records with a per-chunk digest, and an END record carries the counts.
+``receive``
+    Write a framed stream from stdin into a byte range of a namespace. Chunks
+    announced as zero are checked and zeroed only if needed, every DATA chunk
+    is hashed again from the destination after it landed, and the command
+    exits non-zero on a truncated or corrupted stream or a missing END.
+``zero``
+    Zero a namespace.
+
+Before touching a device the helper checks that the path is one of this
+host's device-DAX namespaces as listed by ``ndctl list -X`` (the allow-list
+never comes from the unprivileged caller) and that no other process, such
+as the QEMU of a running guest, has it open. For tests without PMEM hardware
+the variable ``NOVA_VPMEM_COPY_NAMESPACES`` may name a JSON file
+``[{"path": ..., "size": ..., "align": ...}]`` that replaces the ndctl
+output; it is honoured only when the helper was not started by sudo and the
+file is owned by the effective user and not writable by group or others.
+
+This module deliberately depends on the standard library only, so that the
+code running as root is small and can be audited on its own.
+"""
+
+import argparse
+import ctypes
+import ctypes.util
+import fcntl
+import functools
+import hashlib
+import importlib.util
+# The root helper keeps its imports to the standard library: they are
+# audited with it and each stream starts faster.
+import json
+import mmap
+import os
+import stat
+import struct
+import subprocess  # nosec: B404 argv lists only, never a shell
+import sys
+import time
+
+# The stream starts with MAGIC and STREAM_HDR: digest name, range offset,
+# range length and chunk size. Each record is RECORD_HDR: kind, offset
+# (relative to the range), length, digest; DATA records are followed by
+# ``length`` bytes. END carries the number of bytes covered in ``offset`` and
+# the number of chunk records in ``length``.
+MAGIC = b'NVPMCP1\n'
+STREAM_HDR = struct.Struct('<16sQQI')
+RECORD_HDR = struct.Struct('<BQI16s')
+DATA, ZERO, END = 1, 2, 255
+
+DEFAULT_CHUNK = 1024 * 1024
+MAX_CHUNK = 64 * 1024 * 1024
+PROGRESS_EVERY = 64 * 1024 * 1024
+NAMESPACES_ENV = 'NOVA_VPMEM_COPY_NAMESPACES'
+F_SETPIPE_SZ = 1031
+# Prefaulting the mapping in one call is much cheaper than a page fault per
+# page while copying.
+_MAP_POPULATE = getattr(mmap, 'MAP_POPULATE', 0)
+
+# Exit codes: the caller only needs "zero or not", the values help humans.
+EXIT_USAGE = 2
+EXIT_TRUNCATED = 3
+EXIT_MISMATCH = 4
+EXIT_PROTOCOL = 5
+EXIT_DENIED = 6
+
+
+class HelperError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+# Digests by name, fastest first, with the module that provides them (None
+# for the standard library). Modules are imported only when used, to keep
+# the start of every stream short.
+_DIGEST_MODULES = {'xxh3_64': 'xxhash', 'blake3': 'blake3', 'blake2b': None}
+
+
+def available_digests():
+    return [name for name, module in _DIGEST_MODULES.items()
+            if module is None or importlib.util.find_spec(module)]
+
+
+def best_digest():
+    return available_digests()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _digest_function(name):
+    if name == 'xxh3_64':
+        import xxhash
+        return lambda data: xxhash.xxh3_64(data).digest()
+    if name == 'blake3':
+        import blake3
+        return lambda data: blake3.blake3(data).digest(length=16)
+    return lambda data: hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _digest(name, view):
+    """Digest of view, padded to the 16 bytes of a record header."""
+    if name == 'none':
+        return bytes(16)
+    return _digest_function(name)(view).ljust(16, b'\0')
+
+
+# -- namespace allow-list ----------------------------------------------------
+
+def _namespaces_from_ndctl():
+    out = subprocess.run(  # nosec: B603 B607 fixed argv
+        ['ndctl', 'list', '-X'], check=True, capture_output=True,
+        timeout=60).stdout
+    namespaces = {}
+    for ns in json.loads(out or b'[]'):  # noqa: N324
+        region = ns.get('daxregion') or {}
+        devices = region.get('devices') or []
+        # Older ndctl releases print chardev and align at the top level.
+        chardev = devices[0]['chardev'] if devices else ns.get('chardev')
+        if not chardev:
+            continue
+        namespaces['/dev/' + chardev] = {
+            'size': int(ns['size']),
+            'align': int(region.get('align') or ns.get('align') or
+                         mmap.PAGESIZE)}
+    return namespaces
+
+
+def _namespaces_from_file(path):
+    if 'SUDO_UID' in os.environ:
+        raise HelperError(EXIT_DENIED, '%s is ignored when started by sudo'
+                          % NAMESPACES_ENV)
+    st = os.stat(path)
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP |
+                                                  stat.S_IWOTH):
+        raise HelperError(EXIT_DENIED, '%s must be owned by uid %d and not '
+                          'writable by group or others' % (path, os.geteuid()))
+    with open(path, 'rb') as f:
+        entries = json.load(f)  # noqa: N324
+    return {os.path.realpath(e['path']): {
+        'size': int(e['size']), 'align': int(e.get('align', mmap.PAGESIZE))}
+        for e in entries}
+
+
+def known_namespaces():
+    """Return {devpath: {'size': bytes, 'align': bytes}} for this host."""
+    override = os.environ.get(NAMESPACES_ENV)
+    if override:
+        return _namespaces_from_file(override)
+    return _namespaces_from_ndctl()
+
+
+def _user_of(path):
+    """Return the pid of another process that has path open, if any.
+
+    A namespace that a running guest (QEMU) has open must never be read
+    or written by a copy.
+    """
+    me = str(os.getpid())
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit() or pid == me:
+            continue
+        fd_dir = '/proc/%s/fd' % pid
+        try:
+            fds = os.listdir(fd_dir)
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        # Parallel streams of one copy use the same device.
+        if b'nova-vpmem-copy' in cmdline or b'nova.cmd.vpmem_copy' in cmdline:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(os.path.join(fd_dir, fd)) == path:
+                    return int(pid)
+            except OSError:
+                continue
+    return None
+
+
+def _check_device(device, offset, length):
+    """Validate a device and byte range against the allow-list."""
+    real = os.path.realpath(device)
+    namespaces = known_namespaces()
+    if device != real or real not in namespaces:
+        raise HelperError(EXIT_DENIED, '%s is not a vPMEM namespace of this '
+                          'host' % device)
+    user = _user_of(real)
+    if user:
+        raise HelperError(EXIT_DENIED, '%s is in use by process %s' % (
+            device, user))
+    ns = namespaces[real]
+    if length is None:
+        length = ns['size'] - offset
+    if offset < 0 or length < 0 or offset + length > ns['size']:
+        raise HelperError(EXIT_USAGE, 'range %d+%d is outside %s (%d bytes)'
+                          % (offset, length, device, ns['size']))
+    return ns, length
+
+
+# -- device mapping ----------------------------------------------------------
+
+class _Mapping(object):
+    """A MAP_SHARED window onto [offset, offset + length) of a device.
+
+    Device-DAX only maps at multiples of its alignment, so the window is
+    widened to the alignment and ``view`` exposes the requested range.
+    """
+
+    def __init__(self, device, offset, length, align, writable):
+        self.fd = os.open(device, os.O_RDWR if writable else os.O_RDONLY)
+        self.is_dax = stat.S_ISCHR(os.fstat(self.fd).st_mode)
+        align = max(align, mmap.PAGESIZE)
+        start = offset - offset % align
+        end = offset + length
+        if end % align:
+            end += align - end % align
+        size = os.fstat(self.fd).st_size
+        if not self.is_dax:
+            end = min(end, size)
+        self.map = mmap.mmap(
+            self.fd, end - start, mmap.MAP_SHARED | _MAP_POPULATE,
+            mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0),
+            offset=start)
+        self.view = memoryview(self.map)[offset - start:
+                                         offset - start + length]
+        self._persist = None
+        if writable and self.is_dax:
+            self._persist = _libpmem_persist()
+
+    def persist(self):
+        """Make the written range durable.
+
+        msync() is not supported on device-DAX, so flush the CPU caches
+        with libpmem's pmem_persist() there, as daxio does.
+        """
+        if self._persist:
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(self.view))
+            self._persist(ctypes.c_void_p(addr),
+                          ctypes.c_size_t(len(self.view)))
+        else:
+            self.map.flush()
+
+    def close(self):
+        self.view.release()
+        try:
+            self.map.close()
+        except BufferError:
+            # A traceback still references a slice of the mapping; it is
+            # unmapped when the process exits.
+            pass
+        os.close(self.fd)
+
+
+def _libpmem_persist():
+    name = ctypes.util.find_library('pmem') or 'libpmem.so.1'
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        raise HelperError(EXIT_USAGE, 'libpmem (PMDK) is required to write '
+                          'device-DAX namespaces')
+    lib.pmem_persist.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    lib.pmem_persist.restype = None
+    return lib.pmem_persist
+
+
+def _prepare_pipe(fd):
+    """Make the stream fd blocking, with a bigger pipe buffer if possible."""
+    # A caller using green (eventlet) pipes hands over non-blocking fds.
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+    # Bigger pipe buffers divide the syscalls per chunk; best effort.
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, 1024 * 1024)
+    except OSError:
+        pass
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd, view):
+    """Fill view from fd; return the number of bytes read (short at EOF)."""
+    done = 0
+    while done < len(view):
+        n = os.readv(fd, [view[done:]])
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _is_zero(view, zero):
+    """Tell whether a memoryview holds only zero bytes.
+
+    bytes() compares at memcmp speed, unlike memoryview's element-wise
+    comparison, and the cheap look at the first bytes skips the full copy
+    for dense data.
+    """
+    if bytes(view[:64]) != zero[:min(64, len(view))]:
+        return False
+    return bytes(view) == zero[:len(view)]
+
+
+# -- subcommands -------------------------------------------------------------
+
+def send(device, offset, length, chunk, digest, rate, out_fd=1):
+    ns, length = _check_device(device, offset, length)
+    _prepare_pipe(out_fd)
+    dev = _Mapping(device, offset, length, ns['align'], writable=False)
+    zero = bytes(chunk)
+    records = 0
+    start = time.monotonic()
+    try:
+        _write_all(out_fd, MAGIC + STREAM_HDR.pack(
+            digest.encode(), offset, length, chunk))
+        for pos in range(0, length, chunk):
+            with dev.view[pos:pos + chunk] as view:
+                if _is_zero(view, zero):
+                    _write_all(out_fd, RECORD_HDR.pack(
+                        ZERO, pos, len(view), b''))
+                else:
+                    _write_all(out_fd, RECORD_HDR.pack(
+                        DATA, pos, len(view), _digest(digest, view)))
+                    _write_all(out_fd, view)
+            records += 1
+            if rate:
+                ahead = min(pos + chunk, length) / rate - (
+                    time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+        _write_all(out_fd, RECORD_HDR.pack(END, length, records, b''))
+    finally:
+        dev.close()
+
+
+def receive(device, offset, length, in_fd=0, out=None):
+    out = out or sys.stdout
+    ns, length = _check_device(device, offset, length)
+    _prepare_pipe(in_fd)
+    hdr = bytearray(len(MAGIC) + STREAM_HDR.size)
+    if _read_exact(in_fd, memoryview(hdr)) < len(hdr):
+        raise HelperError(EXIT_TRUNCATED, 'stream truncated before its header')
+    if hdr[:len(MAGIC)] != MAGIC:
+        raise HelperError(EXIT_PROTOCOL, 'not a nova-vpmem-copy stream')
+    name, s_offset, s_length, chunk = STREAM_HDR.unpack_from(hdr, len(MAGIC))
+    digest = name.rstrip(b'\0').decode()
+    if (s_offset, s_length) != (offset, length):
+        raise HelperError(EXIT_PROTOCOL, 'stream carries range %d+%d, '
+                          'expected %d+%d' % (s_offset, s_length, offset,
+                                              length))
+    if digest != 'none' and digest not in available_digests():
+        raise HelperError(EXIT_PROTOCOL, 'digest %s is not available on this '
+                          'host' % digest)
+    if not 0 < chunk <= MAX_CHUNK:
+        raise HelperError(EXIT_PROTOCOL, 'bad chunk size %d' % chunk)
+
+    dev = _Mapping(device, offset, length, ns['align'], writable=True)
+    zero = bytes(chunk)
+    stats = {'device': device, 'offset': offset, 'length': length,
+             'digest': digest, 'data_bytes': 0, 'zero_bytes': 0,
+             'zero_filled_bytes': 0}
+    pos = records = 0
+    next_progress = PROGRESS_EVERY
+    rec = bytearray(RECORD_HDR.size)
+    try:
+        while True:
+            if _read_exact(in_fd, memoryview(rec)) < len(rec):
+                raise HelperError(EXIT_TRUNCATED, 'stream truncated at byte '
+                                  '%d of %d (no END record)' % (pos, length))
+            kind, r_off, r_len, r_digest = RECORD_HDR.unpack(rec)
+            if kind == END:
+                if (r_off, r_len) != (length, records) or pos != length:
+                    raise HelperError(EXIT_PROTOCOL, 'END record says %d '
+                                      'bytes in %d chunks, received %d bytes '
+                                      'in %d chunks' % (r_off, r_len, pos,
+                                                        records))
+                break
+            if (kind not in (DATA, ZERO) or r_off != pos or
+                    not 0 < r_len <= chunk or pos + r_len > length):
+                raise HelperError(EXIT_PROTOCOL, 'unexpected record kind %d '
+                                  'at %d+%d, expected offset %d' % (
+                                      kind, r_off, r_len, pos))
+            with dev.view[pos:pos + r_len] as view:
+                if kind == DATA:
+                    if _read_exact(in_fd, view) < r_len:
+                        raise HelperError(EXIT_TRUNCATED, 'stream truncated '
+                                          'inside the chunk at byte %d' % pos)
+                    # Hash what landed in the destination, not the buffer
+                    # it came from.
+                    if (digest != 'none' and
+                            _digest(digest, view) != r_digest):
+                        raise HelperError(EXIT_MISMATCH, 'chunk at byte %d '
+                                          'does not match its digest' %
+                                          (offset + pos))
+                    stats['data_bytes'] += r_len
+                else:
+                    # The destination is not trusted to be zero already.
+                    if not _is_zero(view, zero):
+                        view[:] = zero[:r_len]
+                        stats['zero_filled_bytes'] += r_len
+                    stats['zero_bytes'] += r_len
+            pos += r_len
+            records += 1
+            if pos >= next_progress:
+                out.write('progress %d\n' % pos)
+                out.flush()
+                next_progress += PROGRESS_EVERY
+        dev.persist()
+    finally:
+        dev.close()
+    out.write('done %s\n' % json.dumps(stats, sort_keys=True))  # noqa: N324
+    out.flush()
+
+
+def zero(device, out=None):
+    out = out or sys.stdout
+    ns, length = _check_device(device, 0, None)
+    dev = _Mapping(device, 0, length, ns['align'], writable=True)
+    chunk = DEFAULT_CHUNK
+    zeroes = bytes(chunk)
+    filled = 0
+    try:
+        for pos in range(0, length, chunk):
+            with dev.view[pos:pos + chunk] as view:
+                if not _is_zero(view, zeroes):
+                    view[:] = zeroes[:len(view)]
+                    filled += len(view)
+        dev.persist()
+    finally:
+        dev.close()
+    out.write('done %s\n' % json.dumps(  # noqa: N324
+        {'device': device, 'length': length, 'zero_filled_bytes': filled}))
+    out.flush()
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog='nova-vpmem-copy',
+        description='Copy or zero vPMEM namespaces for nova-compute.')
+    sub = parser.add_subparsers(dest='command', required=True)
+    for name in ('send', 'receive'):
+        cmd = sub.add_parser(name)
+        cmd.add_argument('--device', required=True)
+        cmd.add_argument('--offset', type=int, default=0)
+        cmd.add_argument('--length', type=int, required=True)
+    send_cmd = sub.choices['send']
+    send_cmd.add_argument('--chunk-size', type=int, default=DEFAULT_CHUNK)
+    send_cmd.add_argument('--digest', default=best_digest(),
+                          choices=available_digests() + ['none'])
+    send_cmd.add_argument('--rate', type=int, default=0,
+                          help='bytes per second, 0 for no limit')
+    zero_cmd = sub.add_parser('zero')
+    zero_cmd.add_argument('--device', required=True)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == 'send':
+            if not 0 < args.chunk_size <= MAX_CHUNK:
+                raise HelperError(EXIT_USAGE, 'bad chunk size')
+            send(args.device, args.offset, args.length, args.chunk_size,
+                 args.digest, args.rate)
+        elif args.command == 'receive':
+            receive(args.device, args.offset, args.length)
+        else:
+            zero(args.device)
+    except HelperError as e:
+        sys.stderr.write('nova-vpmem-copy %s: %s\n' % (args.command, e))
+        return e.code
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        sys.stderr.write('nova-vpmem-copy %s: %s\n' % (args.command, e))
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,5 @@
+{
+    "migrate": {
+        "copy_pmem_devices": true
+    }
+}

@@ -1,0 +1,6 @@
+{
+    "migrate": {
+        "host": %(hostname)s,
+        "copy_pmem_devices": true
+    }
+}

@@ -1,0 +1,7 @@
+{
+    "resize" : {
+        "flavorRef" : "%(id)s",
+        "OS-DCF:diskConfig": "AUTO",
+        "copy_pmem_devices": true
+    }
+}

@@ -1,0 +1,109 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Unit tests of the vPMEM copy engine's command building and checks.
+
+Bytes moving through real processes are covered by
+test_vpmem_copy_datapath.py.
+"""
+
+import shlex
+from unittest import mock
+
+from nova import test
+from nova.virt.libvirt import vpmem_copy
+
+MiB = 1024 * 1024
+
+
+class TransportTestCase(test.NoDBTestCase):
+
+    def test_local_argv(self):
+        t = vpmem_copy._Transport(None, ['nova-vpmem-copy'], ['sudo', '-n'],
+                                  'aes128-gcm@openssh.com', [])
+        self.assertEqual(
+            ['sudo', '-n', 'nova-vpmem-copy', 'zero', '--device', '/dev/d'],
+            t.remote('zero', '--device', '/dev/d'))
+
+    def test_remote_argv_is_quoted_with_host_key_checking_on(self):
+        t = vpmem_copy._Transport('dest.example.org', ['nova-vpmem-copy'],
+                                  ['sudo', '-n'], 'aes256-gcm@openssh.com',
+                                  ['-F', '/etc/cfg'])
+        argv = t.remote('receive', '--device', '/dev/dax0.1', '--length', 5)
+        self.assertEqual(
+            ['ssh', '-T', '-o', 'BatchMode=yes', '-o', 'Compression=no',
+             '-c', 'aes256-gcm@openssh.com', '-F', '/etc/cfg', '--',
+             'dest.example.org'], argv[:-1])
+        self.assertEqual(
+            ['sudo', '-n', 'nova-vpmem-copy', 'receive', '--device',
+             '/dev/dax0.1', '--length', '5'], shlex.split(argv[-1]))
+        self.assertNotIn('StrictHostKeyChecking', ' '.join(argv))
+        self.assertNotIn('-C', argv)
+
+    def test_remote_argument_with_shell_characters_stays_one_word(self):
+        t = vpmem_copy._Transport('h', ['/opt/my helper'], [], 'aes128-ctr',
+                                  [])
+        argv = t.remote('zero', '--device', '/dev/x; rm -rf /')
+        self.assertEqual(['/opt/my helper', 'zero', '--device',
+                          '/dev/x; rm -rf /'], shlex.split(argv[-1]))
+
+    def test_bad_host_and_cipher_refused(self):
+        for host in ('-oProxyCommand=x', 'a b', 'h;id', ''):
+            if host:
+                self.assertRaises(ValueError, vpmem_copy._Transport, host,
+                                  [], [], 'aes128-ctr', [])
+        self.assertRaises(ValueError, vpmem_copy._Transport, 'h', [], [],
+                          '-oProxyCommand=x', [])
+        # IPv6 literals are fine.
+        vpmem_copy._Transport('fe80::1%eth0', [], [], 'aes128-ctr', [])
+
+
+class CopyNamespacesTestCase(test.NoDBTestCase):
+
+    def test_bad_paths_and_sizes_refused_before_running_anything(self):
+        bad = [vpmem_copy.NamespacePair('dev/dax0.0', '/dev/dax0.1', 1),
+               vpmem_copy.NamespacePair('/dev/dax0.0', '/dev/../etc/x', 1),
+               vpmem_copy.NamespacePair('/dev/dax0.0', '/dev/dax 1', 1),
+               vpmem_copy.NamespacePair('/dev/dax0.0', '/dev/dax0.1', 0)]
+        with mock.patch('subprocess.Popen') as popen:
+            for pair in bad:
+                self.assertRaises(ValueError, vpmem_copy.copy_namespaces,
+                                  [pair], host='h')
+        popen.assert_not_called()
+
+    def test_split_ranges_are_chunk_aligned_and_cover_everything(self):
+        for size, streams in ((10 * MiB, 3), (MiB, 4), (7, 2),
+                              (2 * MiB + 1, 2)):
+            ranges = vpmem_copy._split(size, streams, MiB)
+            self.assertLessEqual(len(ranges), streams)
+            pos = 0
+            for off, length in ranges:
+                self.assertEqual(pos, off)
+                self.assertEqual(0, off % MiB)
+                pos += length
+            self.assertEqual(size, pos)
+
+    @mock.patch('subprocess.Popen')
+    def test_commands_per_range(self, mock_popen):
+        mock_popen.side_effect = RuntimeError('stop')
+        self.assertRaises(RuntimeError, vpmem_copy.copy_namespaces,
+                          [vpmem_copy.NamespacePair('/dev/dax0.0',
+                                                    '/dev/dax1.0', 4 * MiB)],
+                          host='dest', streams=2, verify=False,
+                          bandwidth=10 * MiB, helper=['helper'],
+                          root_helper=['sudo', '-n'])
+        send = mock_popen.call_args_list[0][0][0]
+        self.assertEqual(
+            ['sudo', '-n', 'helper', 'send', '--device', '/dev/dax0.0',
+             '--offset', '0', '--length', str(2 * MiB), '--chunk-size',
+             str(vpmem_copy.CHUNK_SIZE), '--rate', str(5 * MiB),
+             '--digest', 'none'], send)
