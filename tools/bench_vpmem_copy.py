@@ -1,0 +1,488 @@
+#!/usr/bin/env python3
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Benchmark the vPMEM copy against the spec's daxio pipeline and plain ssh.
+
+Everything runs on this machine: files on a tmpfs stand in for device-DAX
+namespaces, and a throw-away sshd on a random loopback port (own host and
+client keys, pinned known_hosts) stands in for the destination host. In
+each round the variants are run one after the other on every data set
+(interleaved), and every result is checked with cmp:
+
+  naive    the spec's pipeline with correct flags, default ssh cipher:
+           daxio --input=SRC --len=N | ssh DEST daxio --output=DST --len=N
+           (daxio is the STAND-IN nova/tests/unit/virt/libvirt/fake_daxio.py,
+           because PMDK's daxio refuses regular files)
+  naive-dd the same with dd in place of the stand-in (default cipher)
+  ssh-cat  cat SRC | ssh -c aes128-gcm@openssh.com DEST 'cat 1<>DST', the
+           ceiling of one ssh stream (1<> writes in place like a device)
+  copier   nova.virt.libvirt.vpmem_copy.copy_namespaces (verification on),
+           destination dirty or pre-zeroed, once with verification off and
+           once with a single stream (the default is --streams)
+
+CPU-s/GB adds the CPU time of this process and its children to that of the
+sshd listener's children (everything the remote side ran). Both "hosts"
+share this machine's cores, so absolute MB/s are pessimistic; ratios
+within one run and CPU-s/GB are the portable numbers.
+
+Run it as root from the top of this repository after tools/workspace build
+(it uses the patched tree in .workspace/nova, or $NOVA_TREE), e.g.:
+
+  .venv/bin/python tools/bench_vpmem_copy.py                  # 4 GiB
+  .venv/bin/python tools/bench_vpmem_copy.py --size-mib 1024 --rounds 3
+
+Results are written to --out (JSON and, if matplotlib imports, a PNG).
+"""
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The patched nova tree that tools/workspace builds (or NOVA_TREE).
+ROOT = os.environ.get('NOVA_TREE') or os.path.join(
+    os.path.dirname(HERE), '.workspace', 'nova')
+sys.path.insert(0, ROOT)
+FAKE_DAXIO = os.path.join(ROOT, 'nova', 'tests', 'unit', 'virt', 'libvirt',
+                          'fake_daxio.py')
+MiB = 1024 * 1024
+HOST = 'bench-dest'
+CIPHER = 'aes128-gcm@openssh.com'
+
+
+def run(cmd, **kwargs):
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+class Sshd(object):
+    """A loopback sshd with its own keys; ssh_args reach it as HOST."""
+
+    def __init__(self, workdir):
+        self.dir = os.path.join(workdir, 'ssh')
+        os.makedirs(self.dir)
+        j = lambda n: os.path.join(self.dir, n)  # noqa: E731
+        for key in ('host_key', 'client_key'):
+            run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', j(key)])
+        shutil.copy(j('client_key.pub'), j('authorized_keys'))
+        sock = socket.socket()
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        with open(j('sshd_config'), 'w') as f:
+            f.write('\n'.join([
+                'Port %d' % port, 'ListenAddress 127.0.0.1',
+                'HostKey ' + j('host_key'),
+                'AuthorizedKeysFile ' + j('authorized_keys'),
+                'PasswordAuthentication no', 'UsePAM no',
+                'KbdInteractiveAuthentication no',
+                'PermitRootLogin prohibit-password', 'StrictModes no',
+                'PidFile ' + j('sshd.pid'), 'LogLevel ERROR', '']))
+        with open(j('host_key.pub')) as f:
+            key = ' '.join(f.read().split()[:2])
+        with open(j('known_hosts'), 'w') as f:
+            f.write('[127.0.0.1]:%d %s\n' % (port, key))
+        with open(j('ssh_config'), 'w') as f:
+            f.write('\n'.join([
+                'Host ' + HOST, '  HostName 127.0.0.1', '  Port %d' % port,
+                '  User root', '  IdentityFile ' + j('client_key'),
+                '  IdentitiesOnly yes',
+                '  UserKnownHostsFile ' + j('known_hosts'),
+                '  GlobalKnownHostsFile /dev/null', '']))
+        self.ssh_args = ['-F', j('ssh_config')]
+        os.makedirs('/run/sshd', exist_ok=True)
+        sshd = shutil.which('sshd') or '/usr/sbin/sshd'
+        self.proc = subprocess.Popen(
+            [sshd, '-D', '-e', '-f', j('sshd_config')],
+            start_new_session=True)
+        for _ in range(100):
+            try:
+                socket.create_connection(('127.0.0.1', port), 1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+    def cpu(self):
+        """CPU seconds of the sshd listener's reaped children."""
+        with open('/proc/%d/stat' % self.proc.pid) as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        tick = os.sysconf('SC_CLK_TCK')
+        # Fields 16 and 17 (cutime, cstime), counted from 1 with pid and
+        # comm removed: indexes 13 and 14.
+        return (int(fields[13]) + int(fields[14])) / tick
+
+    def wait_idle(self, timeout=10):
+        """Wait until the listener has reaped all its session children.
+
+        Their CPU time only shows in the listener's cutime once reaped.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            children = False
+            for pid in os.listdir('/proc'):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open('/proc/%s/stat' % pid) as f:
+                        ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                if ppid == self.proc.pid:
+                    children = True
+                    break
+            if not children:
+                return
+            time.sleep(0.01)
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def make_source(path, size, zero_fraction, seed):
+    """Random data with zero_fraction of its 1 MiB extents zeroed."""
+    with open(path, 'wb') as f:
+        left = size
+        while left:
+            n = min(64 * MiB, left)
+            f.write(os.urandom(n))
+            left -= n
+    extents = size // MiB
+    rng = random.Random(seed)
+    zero = bytes(MiB)
+    with open(path, 'r+b') as f:
+        for i in rng.sample(range(extents), int(extents * zero_fraction)):
+            f.seek(i * MiB)
+            f.write(zero)
+
+
+def prepare_dest(path, size, dirty, dirt):
+    """Fill the destination with random data, or with zeros.
+
+    The random data is the dirt file rotated by one MiB plus a fresh last
+    MiB, so it differs from every source (and from a previous copy of the
+    dirt file itself) in every chunk without keeping a second copy in RAM.
+    """
+    if dirty:
+        run(['dd', 'if=' + dirt, 'of=' + path, 'bs=1M', 'skip=1',
+             'conv=notrunc', 'status=none'])
+        with open(path, 'r+b') as f:
+            f.seek(size - MiB)
+            f.write(os.urandom(MiB))
+    else:
+        run(['dd', 'if=/dev/zero', 'of=' + path, 'bs=4M',
+             'count=%d' % (size // (4 * MiB)), 'conv=notrunc'],
+            stderr=subprocess.DEVNULL)
+
+
+def cpu_now(sshd):
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime +
+            sshd.cpu())
+
+
+def pipeline(left, right):
+    """Run left | right (argv lists, no shell); fail on any non-zero exit."""
+    a = subprocess.Popen(left, stdout=subprocess.PIPE)
+    b = subprocess.Popen(right, stdin=a.stdout)
+    a.stdout.close()
+    if b.wait() or a.wait():
+        raise RuntimeError('%s | %s failed' % (left, right))
+
+
+class Bench(object):
+
+    def __init__(self, args, workdir, sshd):
+        self.args = args
+        self.dir = workdir
+        self.sshd = sshd
+        self.listing = os.path.join(workdir, 'namespaces.json')
+        self.known = {}
+        self.digest = None
+        pythonpath = os.pathsep.join([ROOT] + args.pythonpath)
+        self.helper = ['env', 'PYTHONPATH=' + pythonpath,
+                       'NOVA_VPMEM_COPY_NAMESPACES=' + self.listing,
+                       sys.executable, '-m', 'nova.cmd.vpmem_copy']
+
+    def allow(self, path, size):
+        self.known[path] = size
+        with open(self.listing, 'w') as f:
+            # A standalone tool: the standard library's json is enough.
+            json.dump([{'path': p, 'size': s}  # noqa: N324
+                       for p, s in self.known.items()], f)
+        os.chmod(self.listing, 0o600)
+
+    def naive(self, src, dst, size):
+        from nova.virt.libvirt import vpmem_copy
+        vpmem_copy.daxio_pipeline(src, dst, size, HOST, daxio=FAKE_DAXIO,
+                                  ssh_args=self.sshd.ssh_args)
+
+    def naive_dd(self, src, dst, size):
+        # The same pipeline with dd in place of the Python daxio stand-in,
+        # to show how much of the naive result is the stand-in's own cost.
+        count = 'count=%d' % (size // MiB)
+        pipeline(['dd', 'if=' + src, 'bs=1M', count, 'status=none'],
+                 ['ssh', '-T', '-o', 'BatchMode=yes'] + self.sshd.ssh_args +
+                 ['--', HOST, 'dd of=%s bs=1M iflag=fullblock %s '
+                  'conv=notrunc status=none' % (dst, count)])
+
+    def ssh_cat(self, src, dst, size):
+        pipeline(['cat', src],
+                 ['ssh', '-T', '-o', 'BatchMode=yes', '-c', CIPHER] +
+                 self.sshd.ssh_args + ['--', HOST, 'cat 1<>' + dst])
+
+    def copier(self, src, dst, size, verify=True, streams=None):
+        from nova.virt.libvirt import vpmem_copy
+        return vpmem_copy.copy_namespaces(
+            [vpmem_copy.NamespacePair(src, dst, size)], host=HOST,
+            streams=streams or self.args.streams, verify=verify,
+            cipher=CIPHER, helper=self.helper, root_helper=(),
+            ssh_args=self.sshd.ssh_args)
+
+    def measure(self, func, src, dst, size, dirty, **kwargs):
+        prepare_dest(dst, size, dirty, self.dirt)
+        run(['sync'])
+        cpu0 = cpu_now(self.sshd)
+        t0 = time.monotonic()
+        out = func(src, dst, size, **kwargs)
+        secs = time.monotonic() - t0
+        if out and out[0]['digest'] != 'none':
+            self.digest = out[0]['digest']
+        self.sshd.wait_idle()
+        cpu = cpu_now(self.sshd) - cpu0
+        # cmp runs after the CPU sample so it is not counted.
+        run(['cmp', '-n', str(size), src, dst])
+        return {'seconds': secs, 'mb_s': size / secs / 1e6,
+                'cpu_s_per_gb': cpu / (size / 1e9)}
+
+
+def summarize(samples):
+    return {k: statistics.median(s[k] for s in samples)
+            for k in ('seconds', 'mb_s', 'cpu_s_per_gb')}
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument('--size-mib', type=int, default=4096,
+                        help='namespace size for the comparison (MiB)')
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--zero-percent', default='0,50,90',
+                        help='share of zero 1 MiB extents in each data set')
+    parser.add_argument('--streams', type=int, default=2)
+    parser.add_argument('--linearity-mib', default='1024,2048,4096',
+                        help='sizes for the copier linearity check, "" to '
+                             'skip')
+    parser.add_argument('--tmpdir', default=None,
+                        help='where the stand-in namespaces live (default: '
+                             'a huge-page tmpfs mounted for the run, else '
+                             '/dev/shm)')
+    parser.add_argument('--pythonpath', action='append', default=[],
+                        help='extra PYTHONPATH for the helper, e.g. where '
+                             'xxhash is installed')
+    parser.add_argument('--out', default='bench_vpmem_copy')
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit('run as root: the loopback sshd logs in as root')
+
+    mounted = None
+    if args.tmpdir:
+        base = args.tmpdir
+    else:
+        base = tempfile.mkdtemp(prefix='vpmem-bench-')
+        sets = len(args.zero_percent.split(','))
+        need = max(args.size_mib * (sets + 1),
+                   2 * max([0] + [int(m) for m in
+                                  args.linearity_mib.split(',') if m]))
+        if subprocess.run(['mount', '-t', 'tmpfs', '-o',
+                           'huge=always,size=%dM' % (need + 1024),
+                           'tmpfs', base]).returncode == 0:
+            mounted = base
+        else:
+            shutil.rmtree(base)
+            base = tempfile.mkdtemp(prefix='vpmem-bench-', dir='/dev/shm')
+    workdir = tempfile.mkdtemp(dir=base)
+    sshd = Sshd(workdir)
+    try:
+        bench = Bench(args, workdir, sshd)
+        results = run_all(args, bench, workdir)
+    finally:
+        sshd.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        if mounted:
+            run(['umount', mounted])
+            os.rmdir(mounted)
+    report(args, results)
+
+
+def run_all(args, bench, workdir):
+    size = args.size_mib * MiB
+    dst = os.path.join(workdir, 'dst')
+    make_source(dst, size, 0, 0)
+    bench.allow(dst, size)
+    datasets = {}
+    for frac in [int(f) / 100 for f in args.zero_percent.split(',')]:
+        path = os.path.join(workdir, 'src-%d' % int(frac * 100))
+        make_source(path, size, frac, 42)
+        bench.allow(path, size)
+        datasets['%d%% zero' % int(frac * 100)] = path
+    # Dirty destinations get the first data set (the one with the fewest
+    # zeros by default), rotated: see prepare_dest().
+    bench.dirt = next(iter(datasets.values()))
+    variants = [
+        ('naive (daxio|ssh default cipher)', bench.naive, True, {}),
+        ('naive-dd (dd|ssh default cipher)', bench.naive_dd, True, {}),
+        ('ssh-cat (aes128-gcm)', bench.ssh_cat, True, {}),
+        ('copier, dst dirty', bench.copier, True, {}),
+        ('copier, dst zeroed', bench.copier, False, {}),
+        ('copier, dst dirty, no verify', bench.copier, True,
+         {'verify': False}),
+        ('copier, dst dirty, 1 stream', bench.copier, True,
+         {'streams': 1}),
+    ]
+    samples = {}
+    for rnd in range(args.rounds):
+        for data, src in datasets.items():
+            for name, func, dirty, kwargs in variants:
+                r = bench.measure(func, src, dst, size, dirty, **kwargs)
+                samples.setdefault((data, name), []).append(r)
+                print('round %d  %-9s %-34s %7.0f MB/s %5.2f CPU-s/GB' % (
+                    rnd + 1, data, name, r['mb_s'], r['cpu_s_per_gb']),
+                    flush=True)
+    for path in list(datasets.values()) + [dst]:
+        os.unlink(path)
+
+    linear = {}
+    sizes = [int(s) for s in args.linearity_mib.split(',') if s]
+    for mib in sizes:
+        n = mib * MiB
+        src = os.path.join(workdir, 'lsrc')
+        make_source(src, n, 0, 7)
+        bench.allow(src, n)
+        bench.allow(dst, n)
+        # Random data overwrites every chunk: a zeroed destination is as
+        # good as a dirty one here and saves the memory of a dirt file.
+        runs = [bench.measure(bench.copier, src, dst, n, False)
+                for _ in range(max(2, args.rounds - 1))]
+        linear[mib] = summarize(runs)
+        print('linearity %5d MiB: %.2f s, %.0f MB/s' % (
+            mib, linear[mib]['seconds'], linear[mib]['mb_s']), flush=True)
+        for path in (src, dst):
+            os.unlink(path)
+    return {'size_mib': args.size_mib, 'rounds': args.rounds,
+            'streams': args.streams, 'digest': bench.digest,
+            'cpus': os.cpu_count(),
+            'results': {'%s | %s' % k: summarize(v)
+                        for k, v in samples.items()},
+            'samples': {'%s | %s' % k: v for k, v in samples.items()},
+            'linearity': linear}
+
+
+def report(args, results):
+    res = results['results']
+    print('\nsize %d MiB, %d rounds (medians), %d streams, digest %s, %d '
+          'CPUs' % (results['size_mib'], results['rounds'],
+                    results['streams'], results['digest'], results['cpus']))
+    print('%-9s %-34s %8s %9s %8s %9s %9s' % (
+        'data', 'variant', 'MB/s', 'CPU-s/GB', 'x naive', 'x naive-dd',
+        'x ssh-cat'))
+    datas = sorted({k.split(' | ')[0] for k in res})
+    for data in datas:
+        naive = res['%s | naive (daxio|ssh default cipher)' % data]['mb_s']
+        naive_dd = res.get('%s | naive-dd (dd|ssh default cipher)' % data,
+                           {'mb_s': float('nan')})['mb_s']
+        ceil = res['%s | ssh-cat (aes128-gcm)' % data]['mb_s']
+        for key, r in res.items():
+            if key.startswith(data + ' | '):
+                print('%-9s %-34s %8.0f %9.2f %8.2f %9.2f %9.2f' % (
+                    data, key.split(' | ')[1], r['mb_s'], r['cpu_s_per_gb'],
+                    r['mb_s'] / naive, r['mb_s'] / naive_dd,
+                    r['mb_s'] / ceil))
+    checks = []
+    for data in datas:
+        get = lambda v: res['%s | %s' % (data, v)]  # noqa: E731
+        c = get('copier, dst dirty')
+        checks.append((data, 'copier / naive',
+                       c['mb_s'] / get('naive (daxio|ssh default '
+                                       'cipher)')['mb_s']))
+        if '%s | naive-dd (dd|ssh default cipher)' % data in res:
+            checks.append((data, 'copier / naive-dd', c['mb_s'] / get(
+                'naive-dd (dd|ssh default cipher)')['mb_s']))
+        checks.append((data, 'copier / ssh-cat',
+                       c['mb_s'] / get('ssh-cat (aes128-gcm)')['mb_s']))
+        off = get('copier, dst dirty, no verify')
+        checks.append((data, 'verification cost',
+                       c['seconds'] / off['seconds'] - 1))
+        checks.append((data, 'verify CPU cost',
+                       c['cpu_s_per_gb'] / off['cpu_s_per_gb'] - 1))
+    print('\ntargets: random >= 1.4x naive and >= 0.95x ssh-cat; 90% zero '
+          '>= 5x naive; verification cost <= 25%')
+    for data, what, value in checks:
+        print('  %-9s %-18s %6.2f' % (data, what, value))
+    if results['linearity']:
+        print('\nlinearity (copier, random data):')
+        for mib, r in sorted(results['linearity'].items()):
+            print('  %5d MiB  %6.2f s  %6.0f MB/s  %.3f s/GiB' % (
+                mib, r['seconds'], r['mb_s'], r['seconds'] / (mib / 1024)))
+    with open(args.out + '.json', 'w') as f:
+        json.dump(dict(results, checks=checks), f, indent=2)  # noqa: N324
+    print('\nwrote %s.json' % args.out)
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        from matplotlib import pyplot
+    except ImportError:
+        print('matplotlib is not importable: no plot written')
+        return
+    fig, axes = pyplot.subplots(1, 2, figsize=(13, 5))
+    names = sorted({k.split(' | ')[1] for k in res})
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        axes[0].bar([d + i * width for d in range(len(datas))],
+                    [res['%s | %s' % (d, name)]['mb_s'] for d in datas],
+                    width, label=name)
+    axes[0].set_xticks([d + 0.4 - width / 2 for d in range(len(datas))])
+    axes[0].set_xticklabels(datas)
+    axes[0].set_ylabel('MB/s (median)')
+    axes[0].set_title('%d MiB namespace, loopback ssh, %d CPUs' % (
+        results['size_mib'], results['cpus']))
+    axes[0].legend(fontsize=7)
+    if results['linearity']:
+        lin = sorted(results['linearity'].items())
+        axes[1].plot([m / 1024 for m, _ in lin],
+                     [r['seconds'] for _, r in lin], 'o-')
+        axes[1].set_xlabel('GiB')
+        axes[1].set_ylabel('seconds')
+        axes[1].set_title('copier, random data: time vs size')
+    else:
+        axes[1].axis('off')
+    fig.tight_layout()
+    fig.savefig(args.out + '.png', dpi=100)
+    print('wrote %s.png' % args.out)
+
+
+if __name__ == '__main__':
+    main()
