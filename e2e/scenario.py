@@ -252,9 +252,10 @@ class Scenario(object):
                 server_id, latest['request_id'])).body
         for event in events['instanceAction'].get('events', []):
             if event.get('result') == 'Error':
-                return '%s: %s' % (event['event'],
-                                   event.get('traceback', '').strip()
-                                   .splitlines()[-1:])
+                # 'details' (microversion 2.84) holds the error message; the
+                # traceback's last line is only the re-raise.
+                return '%s: %s' % (event['event'], event.get('details') or
+                                   event.get('traceback', '').strip())
         return ''
 
     def describe(self, host, ns):

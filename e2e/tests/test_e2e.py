@@ -110,16 +110,23 @@ class E2ETestCase(unittest.TestCase):
             self.assertTrue(ns_mod.is_zero(ns.backing, ns.size),
                             '%s:%s is not zero' % (host.name, ns.devpath))
 
-    def assert_rolled_back(self, migration):
-        """The documented outcome of a failed copy: no byte lost."""
+    def assert_rolled_back(self, migration, copy_failed=True):
+        """The documented outcome of a failed copy: no byte lost.
+
+        With copy_failed, the fault must name the source namespace that
+        failed (faults caught before the copy name the ssh step instead).
+        """
         self.assertIn(migration['status'], ('error', 'failed'))
         server = self.sc.wait_task_done(self.server)
         self.assertEqual('ACTIVE', server['status'])
         self.assertEqual('hostA', server['OS-EXT-SRV-ATTR:host'])
         self.assert_source_intact()
         self.assert_host_zeroed(self.env.b)
-        self.assertTrue(self.sc.fault_message(self.server),
-                        'no fault message recorded')
+        fault = self.sc.fault_message(self.server)
+        self.assertTrue(fault, 'no fault message recorded')
+        if copy_failed:
+            self.assertIn('Failed to copy the vPMEM namespace %s to ' %
+                          self.src_ns.devpath, fault)
         return server
 
 
@@ -297,14 +304,14 @@ class TestCopyFaults(E2ETestCase):
             migration, _ = self.sc.migrate(self.server, copy=True)
         finally:
             self.env.b.link(up=True)
-        self.assert_rolled_back(migration)
+        self.assert_rolled_back(migration, copy_failed=False)
 
     def test_destination_host_key_mismatch(self):
         self.env.pair.write_known_hosts(
             {'hostB': self.env.a.public_host_key()})
         migration, _ = self.sc.migrate(self.server, copy=True)
         self.env.pair.write_known_hosts()
-        self.assert_rolled_back(migration)
+        self.assert_rolled_back(migration, copy_failed=False)
 
     def test_finish_resize_failure_on_destination(self):
         """Guest creation fails on B after the copy landed there.
