@@ -194,13 +194,13 @@ class TestWithoutCopy(E2ETestCase):
         self.env.b.link(up=False)
         migration, _ = self.sc.migrate(self.server, copy=False)
         self.env.b.link(up=True)
-        self.assert_rolled_back(migration)
+        self.assert_rolled_back(migration, copy_failed=False)
 
     def test_destination_host_key_mismatch(self):
         self.env.pair.write_known_hosts(
             {'hostB': self.env.a.public_host_key()})
         migration, _ = self.sc.migrate(self.server, copy=False)
-        self.assert_rolled_back(migration)
+        self.assert_rolled_back(migration, copy_failed=False)
 
 
 class TestCopy(E2ETestCase):
