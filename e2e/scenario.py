@@ -193,6 +193,14 @@ class Scenario(object):
         self.cloud._wait_for_state_change({'id': server_id}, 'ACTIVE')
         self.wait_migration_status(server_id, ('reverted',))
 
+    def stop(self, server_id):
+        self.cli.run('server', 'stop', server_id)
+        self.cloud._wait_for_state_change({'id': server_id}, 'SHUTOFF')
+
+    def start(self, server_id):
+        self.cli.run('server', 'start', server_id)
+        self.cloud._wait_for_state_change({'id': server_id}, 'ACTIVE')
+
     # -- waiting and looking ------------------------------------------------
 
     def migrations(self, server_id):
