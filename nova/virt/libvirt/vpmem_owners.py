@@ -51,14 +51,14 @@ class NamespaceOwners(object):
 
     def __init__(self, directory, host):
         self._directory = directory
-        self._host = host
+        self.host = host
         self._owners = None
         self._lock = threading.Lock()
 
     @property
     def path(self):
         return os.path.join(self._directory, 'vpmem-owners-%s.json' %
-                            self._host)
+                            self.host)
 
     def _load(self):
         if self._owners is None:
@@ -68,6 +68,12 @@ class NamespaceOwners(object):
             except FileNotFoundError:
                 self._owners = {}
         return self._owners
+
+    def owned_by(self, owner):
+        """Return the names of the namespaces recorded as owner's."""
+        with self._lock:
+            return {name for name, value in self._load().items()
+                    if value == owner}
 
     def get(self, name):
         """Return whose data namespace ``name`` may hold.
@@ -86,8 +92,9 @@ class NamespaceOwners(object):
         with self._lock:
             owners = dict(self._load())
             owners.update((name, owner) for name in names)
-            self._write(owners)
-            self._owners = owners
+            if owners != self._owners:
+                self._write(owners)
+                self._owners = owners
 
     def _write(self, owners):
         os.makedirs(self._directory, exist_ok=True)

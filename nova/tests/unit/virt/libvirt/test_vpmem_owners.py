@@ -52,6 +52,21 @@ class NamespaceOwnersTestCase(test.NoDBTestCase):
             self.dir, 'host2').get('ns_0'))
         self.assertEqual(['vpmem-owners-host1.json'], os.listdir(self.dir))
 
+    def test_owned_by(self):
+        self.owners.set(['ns_0', 'ns_2'], uuids.instance)
+        self.owners.set(['ns_1'], uuids.other)
+        self.assertEqual({'ns_0', 'ns_2'},
+                         self.owners.owned_by(uuids.instance))
+        self.assertEqual(set(), self.owners.owned_by(uuids.nobody))
+
+    def test_unchanged_record_is_not_rewritten(self):
+        self.owners.set(['ns_0'], uuids.instance)
+        with mock.patch.object(self.owners, '_write') as write:
+            self.owners.set(['ns_0'], uuids.instance)
+            write.assert_not_called()
+            self.owners.set(['ns_0'], vpmem_owners.ZEROED)
+            write.assert_called_once_with({'ns_0': vpmem_owners.ZEROED})
+
     def test_failed_write_keeps_the_old_record(self):
         self.owners.set(['ns_0'], uuids.instance)
         with mock.patch('os.replace', side_effect=OSError('disk full')):
