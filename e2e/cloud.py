@@ -204,12 +204,19 @@ class NovaCloud(integrated_helpers.LibvirtProviderUsageBaseTestCase):
     # -- compute hosts ------------------------------------------------------
 
     @staticmethod
-    def _spawn(context, instance, *args, **kwargs):
-        """Boot on fakelibvirt: only create the instance directory.
+    def _spawn_on(driver):
+        """Boot on fakelibvirt: what spawn does before the guest starts.
 
-        spawn would create it; migrate_disk_and_power_off needs it.
+        It creates the instance directory (migrate_disk_and_power_off needs
+        it) and gives the instance its namespaces through the driver's own
+        _take_vpmems, which zeroes any namespace that may hold another
+        instance's data. Disks, networks and the guest are left out.
         """
-        os.makedirs(libvirt_utils.get_instance_path(instance), exist_ok=True)
+        def spawn(context, instance, *args, **kwargs):
+            os.makedirs(libvirt_utils.get_instance_path(instance),
+                        exist_ok=True)
+            driver._take_vpmems(instance, driver._get_vpmems(instance))
+        return spawn
 
     def _start_host(self, host):
         connection = fakelibvirt.Connection(
@@ -231,7 +238,7 @@ class NovaCloud(integrated_helpers.LibvirtProviderUsageBaseTestCase):
         """Per-instance patches that put this driver on ``host``."""
         # The address the source ssh-es to (CONF.my_ip is process-wide).
         driver.get_host_ip_addr = lambda: host.address
-        driver.spawn = self._spawn
+        driver.spawn = self._spawn_on(driver)
 
         # The local copy helper must see this host's allow-list and faults.
         # Only one move runs at a time in this environment, so setting the

@@ -92,8 +92,9 @@ def _check_copied(sc, row, src_host, src, digest, dst_host, dst):
 
 
 def step_migrate_copy(sc, server_id, feature):
-    heading('2. openstack server migrate --copy-pmem-devices')
-    row = scenario_mod.Result('migrate --copy-pmem-devices + confirm')
+    heading('2. openstack server migrate --copy-pmem-devices, confirm, then '
+            'stop and start')
+    row = scenario_mod.Result('migrate --copy, confirm, stop, start')
     if not feature.available:
         say('  %s' % feature)
         return row.skip(str(feature))
@@ -118,6 +119,11 @@ def step_migrate_copy(sc, server_id, feature):
     say('  the source namespace after confirm:')
     row.check('%s:%s zeroed after confirm' % (source.name, old[0].devpath),
               sc.describe(source, old[0]) == 'zero')
+    say('  openstack server stop, then start: the data stays with the server')
+    sc.stop(server_id)
+    sc.start(server_id)
+    sc.describe(dest, new[0])
+    _check_copied(sc, row, source, old[0], src_digest, dest, new[0])
     return row.finish()
 
 

@@ -37,7 +37,8 @@ import warnings
 warnings.filterwarnings('ignore')
 os.environ.setdefault('OS_NOVA_DISABLE_EVENTLET_PATCHING', 'False')
 
-from nova import exception  # noqa: E402 (nova/__init__ monkey patches)
+from nova import context as nova_context  # noqa: E402 (monkey patches)
+from nova import exception  # noqa: E402
 
 from e2e import cloud as cloud_mod  # noqa: E402
 from e2e import environment  # noqa: E402
@@ -327,6 +328,39 @@ class TestCopyFaults(E2ETestCase):
         self.env.arm(self.env.b, 'receive', 2 * MIB, 'fail')
         migration, _ = self.sc.migrate(self.server, copy=True)
         self.assert_rolled_back(migration)
+
+    def test_destination_that_could_not_be_wiped_is_zeroed_before_reuse(
+            self):
+        """The copy fails and so does the wipe of what it wrote on B.
+
+        The copied bytes stay on hostB until hostB gives the namespace to
+        another server: it zeroes the namespace first.
+        """
+        self.env.arm(self.env.b, 'receive', 4 * MIB, 'fail')
+        self.env.arm(self.env.b, 'zero', 0, 'fail')
+        migration, _ = self.sc.migrate(self.server, copy=True)
+        self.env.disarm()
+        self.assertIn(migration['status'], ('error', 'failed'))
+        server = self.sc.wait_task_done(self.server)
+        self.assertEqual(('ACTIVE', 'hostA'),
+                         (server['status'], server['OS-EXT-SRV-ATTR:host']))
+        self.assert_source_intact()
+        dirty = [ns for ns in self.env.b.namespaces.namespaces
+                 if not ns_mod.is_zero(ns.backing, ns.size)]
+        self.assertEqual(1, len(dirty), 'the fault left nothing on hostB')
+        # The periodic resource update releases the failed move's claim on
+        # hostB; then its two SMALL namespaces go to two new servers.
+        self.cloud.computes['hostB'].manager.update_available_resource(
+            nova_context.get_admin_context())
+        for _ in range(2):
+            other = self.sc.boot(self.env.b)
+            host, namespaces = self.cloud.namespaces_of(other)
+            self.assertIs(self.env.b, host)
+            self.assertTrue(ns_mod.is_zero(namespaces[0].backing,
+                                           namespaces[0].size),
+                            'a new server got %s with data in it' %
+                            namespaces[0].devpath)
+        self.assertIn(('hostB', dirty[0].devpath), self.cloud.zeroed)
 
     def test_destination_unreachable(self):
         self.env.b.link(up=False)
