@@ -243,3 +243,37 @@ def is_zero_range(path, offset, length):
                 return False
             remaining -= len(chunk)
     return True
+
+
+# Nova gives the guest each namespace as an NVDIMM whose last 2 MiB are its
+# label area (QEMU keeps the labels at the end of the backend).
+LABEL_SIZE = 2 * MIB
+
+
+def write_labels(path, size):
+    """Fill a namespace's label area, as ndctl does in a guest.
+
+    Returns the sha256 of the namespace.
+    """
+    with open(path, 'r+b') as f:
+        f.seek(size - LABEL_SIZE)
+        f.write(b'NAMESPACE_INDEX\0' * (LABEL_SIZE // 16))
+        f.flush()
+        os.fsync(f.fileno())
+    return digest(path, size)
+
+
+def guest_layout(old, path, size):
+    """Check what a guest sees after a resize from ``old`` (bytes).
+
+    Returns {check: bool}: the data area at the start, the label area at
+    the end, and zero between.
+    """
+    with open(path, 'rb') as f:
+        new = f.read(size)
+    label = LABEL_SIZE
+    return {
+        'data area at the start': new[:len(old) - label] == old[:-label],
+        'label area at the end': new[-label:] == old[-label:],
+        'zero between': new[len(old) - label:-label].count(0) ==
+        size - len(old)}

@@ -257,29 +257,70 @@ class TestCopy(E2ETestCase):
         self.assertTrue(ns_mod.is_zero(old[0].backing, old[0].size))
 
     def test_resize_copy_revert(self):
+        self.write_labels()
         migration, _ = self.sc.resize(self.server, 'pmem.bigger', copy=True)
         self.assertEqual('finished', migration['status'])
         _, _, dest, new = self.cloud.migration_namespaces(self.server,
                                                           migration)
-        self.assertEqual(self.src_digest,
-                         ns_mod.digest(new[0].backing, self.src_ns.size))
-        self.assertTrue(ns_mod.is_zero_range(
-            new[0].backing, self.src_ns.size,
-            new[0].size - self.src_ns.size))
+        self.assert_guest_layout(new[0])
         self.sc.revert(self.server)
         self.assertEqual('hostA', self.cloud.host_of(self.server))
         self.assert_source_intact()
         self.assert_host_zeroed(self.env.b)
 
     def test_resize_copy_confirm(self):
+        self.write_labels()
         migration, _ = self.sc.resize(self.server, 'pmem.bigger', copy=True)
         _, old, _, new = self.cloud.migration_namespaces(self.server,
                                                          migration)
         self.sc.confirm(self.server)
         self.assertEqual('hostB', self.cloud.host_of(self.server))
-        self.assertEqual(self.src_digest,
-                         ns_mod.digest(new[0].backing, self.src_ns.size))
+        self.assert_guest_layout(new[0])
         self.assert_host_zeroed(self.env.a)
+
+    def write_labels(self):
+        """Give the source NVDIMM labels: the pattern's last block is zero."""
+        self.src_digest = ns_mod.write_labels(self.src_ns.backing,
+                                              self.src_ns.size)
+        with open(self.src_ns.backing, 'rb') as f:
+            self.src_bytes = f.read(self.src_ns.size)
+
+    def assert_guest_layout(self, new):
+        """What the guest finds in its larger namespace after a resize."""
+        self.assertGreater(new.size, self.src_ns.size)
+        layout = ns_mod.guest_layout(self.src_bytes, new.backing, new.size)
+        self.assertEqual({check: True for check in layout}, layout,
+                         new.devpath)
+
+    def test_resize_onto_dirty_larger_namespace_keeps_guest_layout(self):
+        # hostB's LARGE namespace holds stray bytes that its ledger does
+        # not know about: the copy must not leave any of them to the guest.
+        large = self.env.b.namespaces.namespaces[2]
+        ns_mod.dirty(large.backing, large.size, seed=5)
+        self.cloud.computes['hostB'].driver._vpmem_owners.set(
+            ['ns_2'], 'zeroed')
+        self.write_labels()
+        migration, _ = self.sc.resize(self.server, 'pmem.bigger', copy=True)
+        self.assertEqual('finished', migration['status'])
+        _, _, dest, new = self.cloud.migration_namespaces(self.server,
+                                                          migration)
+        self.assertEqual((self.env.b, large.devpath), (dest, new[0].devpath))
+        self.assert_guest_layout(new[0])
+
+    def test_same_host_resize_keeps_guest_layout(self):
+        self.cloud.flags(allow_resize_to_same_host=True)
+        self.sc.cli.run('compute', 'service', 'set', '--disable', 'hostB',
+                        'nova-compute')
+        self.write_labels()
+        migration, _ = self.sc.resize(self.server, 'pmem.bigger', copy=True)
+        self.assertEqual('finished', migration['status'])
+        source, old, dest, new = self.cloud.migration_namespaces(
+            self.server, migration)
+        self.assertEqual((self.env.a, self.env.a), (source, dest))
+        self.assert_guest_layout(new[0])
+        self.sc.confirm(self.server)
+        self.assertTrue(ns_mod.is_zero(old[0].backing, old[0].size))
+        self.assert_guest_layout(new[0])
 
     def test_copy_without_flag_after_copy(self):
         """A later move without the flag does not copy (flag not sticky)."""

@@ -30,9 +30,12 @@ Subcommands:
     Write a framed stream from stdin into a byte range of a namespace. Chunks
     announced as zero are checked and zeroed only if needed, every DATA chunk
     is hashed again from the destination after it landed, and the command
-    exits non-zero on a truncated or corrupted stream or a missing END.
+    exits non-zero on a truncated or corrupted stream or a missing END. The
+    range may start at another offset than the one it was read from
+    (``--source-offset``): a guest's label area moves to the end of a larger
+    namespace.
 ``zero``
-    Zero a namespace.
+    Zero a namespace, or a byte range of it.
 
 Before touching a device the helper checks that the path is one of this
 host's device-DAX namespaces as listed by ``ndctl list -X`` (the allow-list
@@ -364,8 +367,10 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1):
         dev.close()
 
 
-def receive(device, offset, length, in_fd=0, out=None):
+def receive(device, offset, length, in_fd=0, out=None, source_offset=None):
     out = out or sys.stdout
+    if source_offset is None:
+        source_offset = offset
     ns, length = _check_device(device, offset, length)
     _prepare_pipe(in_fd)
     hdr = bytearray(len(MAGIC) + STREAM_HDR.size)
@@ -375,10 +380,10 @@ def receive(device, offset, length, in_fd=0, out=None):
         raise HelperError(EXIT_PROTOCOL, 'not a nova-vpmem-copy stream')
     name, s_offset, s_length, chunk = STREAM_HDR.unpack_from(hdr, len(MAGIC))
     digest = name.rstrip(b'\0').decode()
-    if (s_offset, s_length) != (offset, length):
+    if (s_offset, s_length) != (source_offset, length):
         raise HelperError(EXIT_PROTOCOL, 'stream carries range %d+%d, '
-                          'expected %d+%d' % (s_offset, s_length, offset,
-                                              length))
+                          'expected %d+%d' % (s_offset, s_length,
+                                              source_offset, length))
     if digest != 'none' and digest not in available_digests():
         raise HelperError(EXIT_PROTOCOL, 'digest %s is not available on this '
                           'host' % digest)
@@ -443,10 +448,10 @@ def receive(device, offset, length, in_fd=0, out=None):
     out.flush()
 
 
-def zero(device, out=None):
+def zero(device, out=None, offset=0, length=None):
     out = out or sys.stdout
-    ns, length = _check_device(device, 0, None)
-    dev = _Mapping(device, 0, length, ns['align'], writable=True)
+    ns, length = _check_device(device, offset, length)
+    dev = _Mapping(device, offset, length, ns['align'], writable=True)
     chunk = DEFAULT_CHUNK
     zeroes = bytes(chunk)
     filled = 0
@@ -460,7 +465,8 @@ def zero(device, out=None):
     finally:
         dev.close()
     out.write('done %s\n' % json.dumps(  # noqa: N324
-        {'device': device, 'length': length, 'zero_filled_bytes': filled}))
+        {'device': device, 'offset': offset, 'length': length,
+         'zero_filled_bytes': filled}))
     out.flush()
 
 
@@ -474,6 +480,9 @@ def _parser():
         cmd.add_argument('--device', required=True)
         cmd.add_argument('--offset', type=int, default=0)
         cmd.add_argument('--length', type=int, required=True)
+    sub.choices['receive'].add_argument(
+        '--source-offset', type=int,
+        help='offset the stream was read from (default: --offset)')
     send_cmd = sub.choices['send']
     send_cmd.add_argument('--chunk-size', type=int, default=DEFAULT_CHUNK)
     send_cmd.add_argument('--digest', default=best_digest(),
@@ -482,6 +491,9 @@ def _parser():
                           help='bytes per second, 0 for no limit')
     zero_cmd = sub.add_parser('zero')
     zero_cmd.add_argument('--device', required=True)
+    zero_cmd.add_argument('--offset', type=int, default=0)
+    zero_cmd.add_argument('--length', type=int,
+                          help='bytes to zero (default: to the end)')
     return parser
 
 
@@ -494,9 +506,10 @@ def main(argv=None):
             send(args.device, args.offset, args.length, args.chunk_size,
                  args.digest, args.rate)
         elif args.command == 'receive':
-            receive(args.device, args.offset, args.length)
+            receive(args.device, args.offset, args.length,
+                    source_offset=args.source_offset)
         else:
-            zero(args.device)
+            zero(args.device, offset=args.offset, length=args.length)
     except HelperError as e:
         sys.stderr.write('nova-vpmem-copy %s: %s\n' % (args.command, e))
         return e.code

@@ -62,8 +62,30 @@ _CIPHER_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9.@_+-]*$')
 
 
 class NamespacePair(collections.namedtuple(
-        'NamespacePair', ['source', 'dest', 'size'])):
-    """Copy ``size`` bytes from device ``source`` to device ``dest``."""
+        'NamespacePair', ['source', 'dest', 'size', 'dest_size',
+                          'label_size'], defaults=(None, 0))):
+    """Copy namespace ``source`` (``size`` bytes) to namespace ``dest``.
+
+    The guest sees each namespace as an NVDIMM whose last ``label_size``
+    bytes are its label area (QEMU keeps the labels at the end of the
+    backend). On a larger destination (``dest_size``) the data area lands
+    at the start, the label area at the end, and the range between is
+    zeroed, so that the guest finds its own NVDIMM and nothing else.
+    """
+
+    def segments(self):
+        """Return [(source offset, dest offset, length)] to copy."""
+        data = self.size - self.label_size
+        dest_size = self.dest_size or self.size
+        if dest_size == self.size or not self.label_size:
+            return [(0, 0, self.size)]
+        return [(0, 0, data),
+                (data, dest_size - self.label_size, self.label_size)]
+
+    def gap(self):
+        """Return (dest offset, length) of the range to zero, or None."""
+        extra = (self.dest_size or self.size) - self.size
+        return (self.size - self.label_size, extra) if extra else None
 
 
 def _check_host(host):
@@ -76,6 +98,18 @@ def _check_path(path):
     if (not _PATH_RE.match(path) or os.path.normpath(path) != path):
         raise ValueError(_('Invalid device path %r') % path)
     return path
+
+
+def _check_pair(pair):
+    _check_path(pair.source)
+    _check_path(pair.dest)
+    if pair.size <= 0 or not 0 <= pair.label_size < pair.size:
+        raise ValueError(_('Invalid size %(size)r or label size %(label)r') %
+                         {'size': pair.size, 'label': pair.label_size})
+    if pair.dest_size is not None and pair.dest_size < pair.size:
+        raise ValueError(_('Destination size %(dest)r is smaller than '
+                           '%(size)r') % {'dest': pair.dest_size,
+                                          'size': pair.size})
 
 
 def _split(size, streams, chunk_size):
@@ -120,9 +154,10 @@ class _Transport(object):
 class _Stream(object):
     """One ``send | [ssh] receive`` pipeline for a range of a namespace."""
 
-    def __init__(self, pair, offset, length):
+    def __init__(self, pair, offset, dest_offset, length):
         self.pair = pair
         self.offset = offset
+        self.dest_offset = dest_offset
         self.length = length
         self.procs = []
         self.errs = []
@@ -138,8 +173,10 @@ class _Stream(object):
             '--length', self.length, '--chunk-size', chunk_size,
             '--rate', rate, *([] if verify else ['--digest', 'none']))
         recv = transport.remote(
-            'receive', '--device', self.pair.dest, '--offset', self.offset,
-            '--length', self.length)
+            'receive', '--device', self.pair.dest, '--offset',
+            self.dest_offset, '--length', self.length,
+            *([] if self.dest_offset == self.offset else
+              ['--source-offset', self.offset]))
         self.errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
         self.started = time.monotonic()
         sender = subprocess.Popen(  # nosec: B603 argv list
@@ -219,6 +256,28 @@ def zero_namespaces(devices, host=None, cipher=DEFAULT_CIPHER,
                                      ssh_args))
 
 
+def _zero_gaps(pairs, transport):
+    """Zero the destination range between the data and the label areas.
+
+    :returns: (pair, error message) of the first failure, or None.
+    """
+    for pair in pairs:
+        if not pair.gap():
+            continue
+        offset, length = pair.gap()
+        cmd = transport.remote('zero', '--device', pair.dest, '--offset',
+                               offset, '--length', length)
+        proc = subprocess.run(  # nosec: B603 argv list
+            cmd, stdin=subprocess.DEVNULL, capture_output=True)
+        if proc.returncode:
+            return pair, _('zeroing %(dev)s between the data and the '
+                           'label area exited with %(rc)s: %(err)s') % {
+                               'dev': pair.dest, 'rc': proc.returncode,
+                               'err': proc.stderr[-STDERR_TAIL:].decode(
+                                   'utf-8', 'replace').strip()}
+    return None
+
+
 def _zero(devices, transport):
     """Zero destination devices after a failure; return those left dirty."""
     dirty = []
@@ -242,7 +301,8 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
     """Copy the content of vPMEM namespaces, verified, to ``host``.
 
     :param pairs: list of :class:`NamespacePair`; each destination must be
-        at least ``size`` bytes (the helper checks it against ndctl).
+        at least ``size`` bytes (the helper checks it against ndctl), and
+        is laid out as the pair says.
     :param host: destination address for ssh, or None for this host.
     :param streams: number of pipelines run at once; each namespace is split
         into this many aligned ranges, so several ranges and namespaces are
@@ -265,15 +325,13 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
     """
     transport = _Transport(host, helper, root_helper, cipher, ssh_args)
     for pair in pairs:
-        _check_path(pair.source)
-        _check_path(pair.dest)
-        if pair.size <= 0:
-            raise ValueError(_('Invalid size %r') % (pair.size,))
+        _check_pair(pair)
     streams = max(1, int(streams))
     rate = bandwidth // streams if bandwidth else 0
     pending = collections.deque(
-        _Stream(pair, off, length) for pair in pairs
-        for off, length in _split(pair.size, streams, chunk_size))
+        _Stream(pair, src_off + off, dst_off + off, length)
+        for pair in pairs for src_off, dst_off, seg_len in pair.segments()
+        for off, length in _split(seg_len, streams, chunk_size))
     total = sum(pair.size for pair in pairs)
     deadline = time.monotonic() + timeout if timeout else None
     running = {}
@@ -326,6 +384,11 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
             stream.finish(on_completion)
         selector.close()
 
+    gap_failure = None if failed else _zero_gaps(pairs, transport)
+    if gap_failure:
+        pair = gap_failure[0]
+        failed = next(s for s in finished if s.pair is pair)
+        failed.error = gap_failure[1]
     if failed:
         touched = list(dict.fromkeys(s.pair.dest for s in finished))
         dirty = _zero(touched, transport)

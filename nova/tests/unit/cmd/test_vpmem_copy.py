@@ -108,6 +108,28 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         self.assertEqual(before[:CHUNK], after[:CHUNK])
         self.assertEqual(before[3 * CHUNK:], after[3 * CHUNK:])
 
+    def test_range_lands_at_another_offset(self):
+        # A guest's label area moves to the end of a larger namespace.
+        before = self._read(self.dst)
+        stream = self._send(offset=0, length=CHUNK)
+        path = self._file('stream-in', stream)
+        with open(path, 'rb') as f:
+            helper.receive(self.dst, 2 * CHUNK, CHUNK, in_fd=f.fileno(),
+                           out=io.StringIO(), source_offset=0)
+        after = self._read(self.dst)
+        self.assertEqual(self.data[:CHUNK], after[2 * CHUNK:3 * CHUNK])
+        self.assertEqual(before[:2 * CHUNK], after[:2 * CHUNK])
+        self.assertEqual(before[3 * CHUNK:], after[3 * CHUNK:])
+
+    def test_range_from_another_source_offset_fails(self):
+        stream = self._send(offset=CHUNK, length=CHUNK)
+        path = self._file('stream-in', stream)
+        with open(path, 'rb') as f:
+            exc = self.assertRaises(
+                helper.HelperError, helper.receive, self.dst, 2 * CHUNK,
+                CHUNK, in_fd=f.fileno(), out=io.StringIO(), source_offset=0)
+        self.assertEqual(helper.EXIT_PROTOCOL, exc.code)
+
     def test_every_available_digest_roundtrips(self):
         for name in helper.available_digests() + ['none']:
             self._file('dst', os.urandom(self.size))
@@ -171,6 +193,15 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         helper.zero(self.dst, out=out)
         self.assertEqual(bytes(self.size), self._read(self.dst))
         self.assertIn('"zero_filled_bytes": %d' % self.size, out.getvalue())
+
+    def test_zero_a_range_leaves_the_rest_alone(self):
+        before = self._read(self.dst)
+        helper.zero(self.dst, out=io.StringIO(), offset=CHUNK,
+                    length=2 * CHUNK)
+        after = self._read(self.dst)
+        self.assertEqual(bytes(2 * CHUNK), after[CHUNK:3 * CHUNK])
+        self.assertEqual(before[:CHUNK], after[:CHUNK])
+        self.assertEqual(before[3 * CHUNK:], after[3 * CHUNK:])
 
     def test_unknown_device_is_refused(self):
         other = self._file('other', bytes(self.size))

@@ -80,6 +80,34 @@ class CopyNamespacesTestCase(test.NoDBTestCase):
                                   [pair], host='h')
         popen.assert_not_called()
 
+    def test_bad_label_and_destination_sizes_refused(self):
+        for pair in (
+                vpmem_copy.NamespacePair('/dev/dax0.0', '/dev/dax1.0', MiB,
+                                         2 * MiB, MiB),
+                vpmem_copy.NamespacePair('/dev/dax0.0', '/dev/dax1.0',
+                                         2 * MiB, MiB, 0),
+                vpmem_copy.NamespacePair('/dev/dax0.0', '/dev/dax1.0',
+                                         2 * MiB, 2 * MiB, -1)):
+            self.assertRaises(ValueError, vpmem_copy.copy_namespaces,
+                              [pair])
+
+    def test_same_size_is_one_segment(self):
+        pair = vpmem_copy.NamespacePair('/a', '/b', 8 * MiB, 8 * MiB, MiB)
+        self.assertEqual([(0, 0, 8 * MiB)], pair.segments())
+        self.assertIsNone(pair.gap())
+
+    def test_larger_destination_keeps_the_label_area_at_the_end(self):
+        pair = vpmem_copy.NamespacePair('/a', '/b', 8 * MiB, 12 * MiB, MiB)
+        self.assertEqual([(0, 0, 7 * MiB), (7 * MiB, 11 * MiB, MiB)],
+                         pair.segments())
+        # Between the data and the label area.
+        self.assertEqual((7 * MiB, 4 * MiB), pair.gap())
+
+    def test_larger_destination_without_label_area(self):
+        pair = vpmem_copy.NamespacePair('/a', '/b', 8 * MiB, 12 * MiB)
+        self.assertEqual([(0, 0, 8 * MiB)], pair.segments())
+        self.assertEqual((8 * MiB, 4 * MiB), pair.gap())
+
     def test_split_ranges_are_chunk_aligned_and_cover_everything(self):
         for size, streams in ((10 * MiB, 3), (MiB, 4), (7, 2),
                               (2 * MiB + 1, 2)):

@@ -164,6 +164,18 @@ class DataPathBase(test.NoDBTestCase):
         os.chmod(listing, 0o600)
         return path
 
+    def assert_guest_layout(self, host, size=8 * MiB, label=MiB):
+        """Resize onto a dirty, larger namespace: what the guest sees."""
+        src = self.namespace('src', size, [(2 * MiB, MiB)])
+        dst = self.namespace('dst', size + 5 * MiB)   # random: dirty
+        self.copy([vpmem_copy.NamespacePair(src, dst, size, size + 5 * MiB,
+                                            label)],
+                  host=host, streams=2)
+        old, new = self.read(src), self.read(dst)
+        self.assertEqual(old[:size - label], new[:size - label])
+        self.assertEqual(old[size - label:], new[-label:])
+        self.assertEqual(bytes(5 * MiB), new[size - label:-label])
+
     def read(self, path):
         with open(path, 'rb') as f:
             return f.read()
@@ -192,10 +204,14 @@ class LocalDataPathTestCase(DataPathBase):
                             streams=3,
                             progress=lambda d, t: progress.append((d, t)))
         self.assertEqual(self.read(src), self.read(dst)[:size])
-        # Bytes past the source size are not touched.
+        # Without a destination size the bytes past the source size are
+        # not touched.
         self.assertEqual(before[size:], self.read(dst)[size:])
         self.assertEqual(3 * MiB, results[0]['zero_bytes'])
         self.assertEqual((size, size), progress[-1])
+
+    def test_larger_destination_gets_the_label_area_at_its_end(self):
+        self.assert_guest_layout(host=None)
 
     def test_failure_zeroes_destination(self):
         size = 4 * MiB
@@ -232,6 +248,9 @@ class SSHDataPathTestCase(DataPathBase):
         for pair, result in zip(pairs, results):
             self.assertEqual(self.read(pair.source), self.read(pair.dest))
             self.assertEqual(3 * MiB, result['zero_bytes'])
+
+    def test_larger_destination_gets_the_label_area_at_its_end(self):
+        self.assert_guest_layout(host=HOST)
 
     def test_copy_without_verification(self):
         size = 2 * MiB
