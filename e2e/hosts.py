@@ -301,7 +301,12 @@ class HostPair(object):
             lines.append('%s %s' % (name, ' '.join(key.split()[:2])))
         self.known_hosts.write_text('\n'.join(lines) + '\n')
 
-    def write_ssh_dropin(self):
+    def write_ssh_dropin(self, strict=True):
+        """Write the ssh client config of the nova user.
+
+        ``strict=False`` writes the unsafe one that some deployment guides
+        set for migrations.
+        """
         blocks = ['# Written by the nova end-to-end harness (e2e/hosts.py);',
                   '# removed at teardown.']
         for host in self.hosts:
@@ -314,7 +319,7 @@ class HostPair(object):
                 '    UserKnownHostsFile %s' % self.known_hosts,
                 '    GlobalKnownHostsFile /dev/null',
                 '    BatchMode yes',
-                '    StrictHostKeyChecking yes',
+                '    StrictHostKeyChecking %s' % ('yes' if strict else 'no'),
                 '    ConnectTimeout 5',
                 '    ServerAliveInterval 2',
                 '    ServerAliveCountMax 3',

@@ -418,6 +418,21 @@ class TestCopyFaults(E2ETestCase):
         self.env.pair.write_known_hosts()
         self.assert_rolled_back(migration, copy_failed=False)
 
+    def test_changed_host_key_refused_whatever_ssh_config_says(self):
+        # The ssh client configuration turns host key checking off, as
+        # upstream's migration ssh guide tells operators to do, and hostB's
+        # key changed: plain ssh still connects, the copy must not.
+        self.env.pair.write_ssh_dropin(strict=False)
+        self.env.pair.write_known_hosts(
+            {'hostB': self.env.a.public_host_key()})
+        plain = self.env.pair.check_ssh(self.env.b)
+        self.assertEqual(0, plain.returncode, plain.stderr)
+        self.assertIn('HOST IDENTIFICATION HAS CHANGED', plain.stderr)
+        migration, _ = self.sc.migrate(self.server, copy=True)
+        self.assert_rolled_back(migration, copy_failed=False)
+        self.assertIn('Host key verification failed',
+                      self.sc.fault_message(self.server))
+
     def test_finish_resize_failure_on_destination(self):
         """Guest creation fails on B after the copy landed there.
 

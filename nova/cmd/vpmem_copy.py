@@ -36,25 +36,34 @@ Subcommands:
     namespace.
 ``zero``
     Zero a namespace, or a byte range of it.
+``check``
+    Print the protocol version and the digests this host can verify, after
+    checking that each ``--device`` is a namespace of this host that holds
+    at least ``--length`` bytes and that nobody uses (unless
+    ``--allow-in-use``: the source namespaces of a guest that still runs).
+    nova-compute runs it on both hosts before it powers the instance off.
 
 Before touching a device the helper checks that the path is one of this
-host's device-DAX namespaces as listed by ``ndctl list -X`` (the allow-list
-never comes from the unprivileged caller) and that no other process, such
-as the QEMU of a running guest, has it open. For tests without PMEM hardware
-the variable ``NOVA_VPMEM_COPY_NAMESPACES`` may name a JSON file
-``[{"path": ..., "size": ..., "align": ...}]`` that replaces the ndctl
-output; it is honoured only when the helper was not started by sudo and the
-file is owned by the effective user and not writable by group or others.
+host's device-DAX namespaces as listed by ``ndctl list -X`` and named in
+``[libvirt] pmem_namespaces`` of nova's own configuration files (the
+allow-list never comes from the unprivileged caller), and that no other
+process, such as the QEMU of a running guest, has it open or mapped. For
+tests without PMEM hardware the variable ``NOVA_VPMEM_COPY_NAMESPACES`` may
+name a JSON file ``[{"path": ..., "size": ..., "align": ...}]`` that
+replaces both; it is honoured only when the helper was not started by sudo
+and the file is owned by the effective user and not writable by group or
+others.
 
 This module deliberately depends on the standard library only, so that the
 code running as root is small and can be audited on its own.
 """
 
 import argparse
+import configparser
 import ctypes
-import ctypes.util
 import fcntl
 import functools
+import glob
 import hashlib
 import importlib.util
 # The root helper keeps its imports to the standard library: they are
@@ -62,6 +71,7 @@ import importlib.util
 import json
 import mmap
 import os
+import shutil
 import stat
 import struct
 import subprocess  # nosec: B404 argv lists only, never a shell
@@ -73,7 +83,8 @@ import time
 # (relative to the range), length, digest; DATA records are followed by
 # ``length`` bytes. END carries the number of bytes covered in ``offset`` and
 # the number of chunk records in ``length``.
-MAGIC = b'NVPMCP1\n'
+PROTOCOL = 1
+MAGIC = b'NVPMCP%d\n' % PROTOCOL
 STREAM_HDR = struct.Struct('<16sQQI')
 RECORD_HDR = struct.Struct('<BQI16s')
 DATA, ZERO, END = 1, 2, 255
@@ -82,6 +93,14 @@ DEFAULT_CHUNK = 1024 * 1024
 MAX_CHUNK = 64 * 1024 * 1024
 PROGRESS_EVERY = 64 * 1024 * 1024
 NAMESPACES_ENV = 'NOVA_VPMEM_COPY_NAMESPACES'
+# Programs run as root come from these directories only, whatever PATH the
+# caller had.
+SAFE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+# nova-compute's configuration, read for [libvirt] pmem_namespaces: the
+# namespaces that nova may give to guests, and so the only ones the helper
+# touches. Later files win, as with oslo.config.
+NOVA_CONFIG_FILES = ('/etc/nova/nova.conf', '/etc/nova/nova-compute.conf')
+NOVA_CONFIG_DIR = '/etc/nova/nova.conf.d'
 F_SETPIPE_SZ = 1031
 # Prefaulting the mapping in one call is much cheaper than a page fault per
 # page while copying.
@@ -137,11 +156,18 @@ def _digest(name, view):
 # -- namespace allow-list ----------------------------------------------------
 
 def _namespaces_from_ndctl():
-    out = subprocess.run(  # nosec: B603 B607 fixed argv
-        ['ndctl', 'list', '-X'], check=True, capture_output=True,
-        timeout=60).stdout
+    ndctl = shutil.which('ndctl', path=SAFE_PATH)
+    if not ndctl:
+        raise HelperError(EXIT_USAGE, 'ndctl is not installed in %s' %
+                          SAFE_PATH)
+    out = subprocess.run(  # nosec: B603 fixed argv, absolute path
+        [ndctl, 'list', '-X'], check=True, capture_output=True,
+        timeout=60, env={'PATH': SAFE_PATH}).stdout
+    allowed = _nova_namespace_names()
     namespaces = {}
     for ns in json.loads(out or b'[]'):  # noqa: N324
+        if ns.get('name') not in allowed:
+            continue
         region = ns.get('daxregion') or {}
         devices = region.get('devices') or []
         # Older ndctl releases print chardev and align at the top level.
@@ -159,16 +185,34 @@ def _namespaces_from_file(path):
     if 'SUDO_UID' in os.environ:
         raise HelperError(EXIT_DENIED, '%s is ignored when started by sudo'
                           % NAMESPACES_ENV)
-    st = os.stat(path)
-    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP |
-                                                  stat.S_IWOTH):
-        raise HelperError(EXIT_DENIED, '%s must be owned by uid %d and not '
-                          'writable by group or others' % (path, os.geteuid()))
     with open(path, 'rb') as f:
+        # Checked on the open file: the path may change under us.
+        st = os.fstat(f.fileno())
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP |
+                                                      stat.S_IWOTH):
+            raise HelperError(EXIT_DENIED, '%s must be owned by uid %d and '
+                              'not writable by group or others' % (
+                                  path, os.geteuid()))
         entries = json.load(f)  # noqa: N324
     return {os.path.realpath(e['path']): {
         'size': int(e['size']), 'align': int(e.get('align', mmap.PAGESIZE))}
         for e in entries}
+
+
+def _nova_namespace_names():
+    """Return the namespace names in nova's [libvirt] pmem_namespaces."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    files = list(NOVA_CONFIG_FILES) + sorted(
+        glob.glob(os.path.join(NOVA_CONFIG_DIR, '*.conf')))
+    parser.read(files)
+    value = parser.get('libvirt', 'pmem_namespaces', fallback='')
+    names = set()
+    for group in filter(None, value.split(',')):
+        names.update(filter(None, group.partition(':')[2].split('|')))
+    if not names:
+        raise HelperError(EXIT_DENIED, 'no [libvirt] pmem_namespaces in %s'
+                          % ', '.join(files))
+    return names
 
 
 def known_namespaces():
@@ -179,11 +223,21 @@ def known_namespaces():
     return _namespaces_from_ndctl()
 
 
+def _maps(pid, path):
+    """Tell whether process pid has path mapped into its memory."""
+    try:
+        with open('/proc/%s/maps' % pid, 'rb') as f:
+            return any(line.rstrip(b'\n').endswith(b' ' + path.encode())
+                       for line in f)
+    except OSError:
+        return False
+
+
 def _user_of(path):
     """Return the pid of another process that has path open, if any.
 
-    A namespace that a running guest (QEMU) has open must never be read
-    or written by a copy.
+    A namespace that a running guest (QEMU) has open or mapped must never
+    be read or written by a copy.
     """
     me = str(os.getpid())
     for pid in os.listdir('/proc'):
@@ -205,17 +259,19 @@ def _user_of(path):
                     return int(pid)
             except OSError:
                 continue
+        if _maps(pid, path):
+            return int(pid)
     return None
 
 
-def _check_device(device, offset, length):
+def _check_device(device, offset, length, allow_in_use=False):
     """Validate a device and byte range against the allow-list."""
     real = os.path.realpath(device)
     namespaces = known_namespaces()
     if device != real or real not in namespaces:
         raise HelperError(EXIT_DENIED, '%s is not a vPMEM namespace of this '
                           'host' % device)
-    user = _user_of(real)
+    user = None if allow_in_use else _user_of(real)
     if user:
         raise HelperError(EXIT_DENIED, '%s is in use by process %s' % (
             device, user))
@@ -283,9 +339,10 @@ class _Mapping(object):
 
 
 def _libpmem_persist():
-    name = ctypes.util.find_library('pmem') or 'libpmem.so.1'
+    # By soname through the dynamic loader's cache: find_library would run
+    # compilers found on PATH.
     try:
-        lib = ctypes.CDLL(name)
+        lib = ctypes.CDLL('libpmem.so.1')
     except OSError:
         raise HelperError(EXIT_USAGE, 'libpmem (PMDK) is required to write '
                           'device-DAX namespaces')
@@ -470,6 +527,17 @@ def zero(device, out=None, offset=0, length=None):
     out.flush()
 
 
+def check(devices, lengths, out=None, allow_in_use=False):
+    out = out or sys.stdout
+    if len(devices) != len(lengths):
+        raise HelperError(EXIT_USAGE, 'give one --length per --device')
+    for device, length in zip(devices, lengths):
+        _check_device(device, 0, length, allow_in_use)
+    out.write('%s\n' % json.dumps(  # noqa: N324
+        {'protocol': PROTOCOL, 'digests': available_digests()}))
+    out.flush()
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog='nova-vpmem-copy',
@@ -494,11 +562,16 @@ def _parser():
     zero_cmd.add_argument('--offset', type=int, default=0)
     zero_cmd.add_argument('--length', type=int,
                           help='bytes to zero (default: to the end)')
+    check_cmd = sub.add_parser('check')
+    check_cmd.add_argument('--device', action='append', default=[])
+    check_cmd.add_argument('--length', type=int, action='append', default=[])
+    check_cmd.add_argument('--allow-in-use', action='store_true')
     return parser
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    os.environ['PATH'] = SAFE_PATH
     try:
         if args.command == 'send':
             if not 0 < args.chunk_size <= MAX_CHUNK:
@@ -508,6 +581,9 @@ def main(argv=None):
         elif args.command == 'receive':
             receive(args.device, args.offset, args.length,
                     source_offset=args.source_offset)
+        elif args.command == 'check':
+            check(args.device, args.length,
+                  allow_in_use=args.allow_in_use)
         else:
             zero(args.device, offset=args.offset, length=args.length)
     except HelperError as e:

@@ -52,6 +52,19 @@ LOG = logging.getLogger(__name__)
 CHUNK_SIZE = 1024 * 1024
 DEFAULT_CIPHER = 'aes128-gcm@openssh.com'
 STDERR_TAIL = 400
+# The stream protocol of the helper (nova.cmd.vpmem_copy.PROTOCOL) that this
+# module speaks.
+PROTOCOL = 1
+# A destination that does not answer fails the copy in bounded time: ssh
+# gives up connecting after CONNECT_TIMEOUT seconds, and an established
+# connection after SERVER_ALIVE_INTERVAL * SERVER_ALIVE_COUNT seconds of
+# silence.
+CONNECT_TIMEOUT = 10
+SERVER_ALIVE_INTERVAL = 5
+SERVER_ALIVE_COUNT = 3
+# Seconds a helper gets to exit after SIGTERM (which sudo relays to it, unlike
+# SIGKILL) before it is killed.
+KILL_GRACE = 5
 
 # What may appear in a host name (including IPv6 literals) and in a device
 # path that is passed to the remote side. Everything is quoted anyway; this
@@ -128,12 +141,25 @@ def _tail(stream):
 class _Transport(object):
     """Builds the argv of helper calls, locally or on a host over ssh."""
 
-    def __init__(self, host, helper, root_helper, cipher, ssh_args):
+    def __init__(self, host, helper, root_helper, cipher, ssh_args,
+                 known_hosts=None):
         self.host = _check_host(host) if host else None
         self.helper = list(root_helper) + list(helper)
         if not _CIPHER_RE.match(cipher):
             raise ValueError(_('Invalid ssh cipher %r') % cipher)
         self.cipher = cipher
+        # The first value ssh obtains for an option wins, so these beat any
+        # ssh_config: host keys are always checked, and an unknown or changed
+        # key fails instead of prompting or connecting anyway.
+        self.ssh_options = [
+            'BatchMode=yes', 'StrictHostKeyChecking=yes', 'Compression=no',
+            'ConnectTimeout=%d' % CONNECT_TIMEOUT,
+            'ServerAliveInterval=%d' % SERVER_ALIVE_INTERVAL,
+            'ServerAliveCountMax=%d' % SERVER_ALIVE_COUNT]
+        if known_hosts:
+            self.ssh_options += [
+                'UserKnownHostsFile=%s' % _check_path(known_hosts),
+                'GlobalKnownHostsFile=/dev/null']
         self.ssh_args = list(ssh_args)
 
     def local(self, *args):
@@ -143,12 +169,13 @@ class _Transport(object):
         if not self.host:
             return self.local(*args)
         # ssh joins its arguments into one string for the remote shell, so
-        # each one is quoted; host key checking stays on (BatchMode makes an
-        # unknown key fail instead of prompting) and compression stays off.
+        # each one is quoted.
         command = ' '.join(shlex.quote(a) for a in self.local(*args))
-        return ['ssh', '-T', '-o', 'BatchMode=yes', '-o', 'Compression=no',
-                '-c', self.cipher] + self.ssh_args + ['--', self.host,
-                                                      command]
+        options = []
+        for option in self.ssh_options:
+            options += ['-o', option]
+        return (['ssh', '-T'] + options + ['-c', self.cipher] +
+                self.ssh_args + ['--', self.host, command])
 
 
 class _Stream(object):
@@ -167,11 +194,11 @@ class _Stream(object):
         self.error = None
         self.started = self.ended = None
 
-    def start(self, transport, verify, rate, chunk_size, on_execute):
+    def start(self, transport, digest, rate, chunk_size, on_execute):
         send = transport.local(
             'send', '--device', self.pair.source, '--offset', self.offset,
             '--length', self.length, '--chunk-size', chunk_size,
-            '--rate', rate, *([] if verify else ['--digest', 'none']))
+            '--rate', rate, *(['--digest', digest] if digest else []))
         recv = transport.remote(
             'receive', '--device', self.pair.dest, '--offset',
             self.dest_offset, '--length', self.length,
@@ -235,28 +262,133 @@ class _Stream(object):
             err.close()
 
     def kill(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
+        _stop(self.procs)
+
+
+def _stop(procs):
+    """Stop processes so that the root helpers behind sudo stop too.
+
+    sudo relays SIGTERM to the helper but cannot relay SIGKILL, so SIGKILL
+    comes only after KILL_GRACE seconds. A helper whose stream is closed
+    exits on its own as well.
+    """
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        proc.terminate()
+    deadline = time.monotonic() + KILL_GRACE
+    for proc in running:
+        try:
+            proc.wait(max(0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _run_helper(cmd, timeout):
+    """Run one helper call.
+
+    :returns: (exit code, or None after a timeout, stdout, the last line of
+        stderr: the one that says what failed, for ssh, sudo and the helper)
+    """
+    proc = subprocess.Popen(  # nosec: B603 argv list
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop([proc])
+        out, err = proc.communicate()
+        return None, out, _('timed out after %d seconds') % timeout
+    lines = err.decode('utf-8', 'replace').strip().splitlines() or ['']
+    return proc.returncode, out, lines[-1].strip()[-STDERR_TAIL:]
+
+
+def check_namespaces(pairs, host=None, verify=True, cipher=DEFAULT_CIPHER,
+                     helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
+                     ssh_args=(), known_hosts=None, timeout=60):
+    """Check both ends of a copy before the instance is powered off.
+
+    Runs the helper's ``check`` on this host for the sources and on
+    ``host`` for the destinations, with the root helper and ssh options of
+    the copy itself. That covers ssh, the host key, the cipher, sudo, the
+    helper and its protocol version, and each namespace: known to its host,
+    used by nobody, large enough.
+
+    :returns: the digest to verify chunks with, the first of this host's
+        that the destination has too ('none' without ``verify``).
+    :raises: VPMEMCopyCheckFailed saying what failed where.
+    """
+    for pair in pairs:
+        _check_pair(pair)
+    transport = _Transport(host, helper, root_helper, cipher, ssh_args,
+                           known_hosts)
+    sources, dests = [], []
+    for pair in pairs:
+        sources += ['--device', pair.source, '--length', pair.size]
+        dests += ['--device', pair.dest, '--length',
+                  pair.dest_size or pair.size]
+    # The guest still runs and maps its source namespaces.
+    ours = _ask(transport.local('check', '--allow-in-use', *sources),
+                'localhost', timeout)
+    theirs = _ask(transport.remote('check', *dests), host or 'localhost',
+                  timeout)
+    if not verify:
+        return 'none'
+    common = [d for d in ours['digests'] if d in theirs['digests']]
+    if not common:
+        raise exception.VPMEMCopyCheckFailed(
+            host=host or 'localhost',
+            reason=_('no digest in common: this host has %(ours)s, the '
+                     'destination %(theirs)s') % {
+                         'ours': ours['digests'],
+                         'theirs': theirs['digests']})
+    return common[0]
+
+
+def _ask(cmd, where, timeout):
+    """Run the helper's check; return its answer."""
+    rc, out, err = _run_helper(cmd, timeout)
+    if rc != 0:
+        raise exception.VPMEMCopyCheckFailed(
+            host=where, reason=err or _('exit code %s') % rc)
+    try:
+        answer = jsonutils.loads(out)
+    except ValueError:
+        answer = {}
+    if not isinstance(answer, dict) or answer.get('protocol') != PROTOCOL:
+        raise exception.VPMEMCopyCheckFailed(
+            host=where,
+            reason=_('the helper does not speak protocol %(ours)d (it '
+                     'answered %(out)r); install the same nova release on '
+                     'both hosts') % {'ours': PROTOCOL, 'out': out[:200]})
+    return answer
 
 
 def zero_namespaces(devices, host=None, cipher=DEFAULT_CIPHER,
                     helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
-                    ssh_args=()):
+                    ssh_args=(), known_hosts=None, timeout=600):
     """Zero namespaces on ``host`` (None: this host) with the root helper.
 
     Used to wipe destination namespaces when a migration fails after their
-    data was copied.
+    data was copied. Each namespace gets ``timeout`` seconds.
 
     :returns: the devices that could not be zeroed (errors are logged).
     """
     for dev in devices:
         _check_path(dev)
-    return _zero(devices, _Transport(host, helper, root_helper, cipher,
-                                     ssh_args))
+    transport = _Transport(host, helper, root_helper, cipher, ssh_args,
+                           known_hosts)
+    dirty = []
+    for dev in devices:
+        rc, _out, err = _run_helper(
+            transport.remote('zero', '--device', dev), timeout)
+        if rc != 0:
+            LOG.error('Could not zero vPMEM namespace %(dev)s after a failed '
+                      'copy: %(err)s', {'dev': dev, 'err': err})
+            dirty.append(dev)
+    return dirty
 
 
-def _zero_gaps(pairs, transport):
+def _zero_gaps(pairs, transport, deadline):
     """Zero the destination range between the data and the label areas.
 
     :returns: (pair, error message) of the first failure, or None.
@@ -265,39 +397,23 @@ def _zero_gaps(pairs, transport):
         if not pair.gap():
             continue
         offset, length = pair.gap()
-        cmd = transport.remote('zero', '--device', pair.dest, '--offset',
-                               offset, '--length', length)
-        proc = subprocess.run(  # nosec: B603 argv list
-            cmd, stdin=subprocess.DEVNULL, capture_output=True)
-        if proc.returncode:
-            return pair, _('zeroing %(dev)s between the data and the '
-                           'label area exited with %(rc)s: %(err)s') % {
-                               'dev': pair.dest, 'rc': proc.returncode,
-                               'err': proc.stderr[-STDERR_TAIL:].decode(
-                                   'utf-8', 'replace').strip()}
+        timeout = max(1, deadline - time.monotonic()) if deadline else None
+        rc, _out, err = _run_helper(
+            transport.remote('zero', '--device', pair.dest, '--offset',
+                             offset, '--length', length), timeout)
+        if rc != 0:
+            return pair, _('zeroing %(dev)s between the data and the label '
+                           'area failed: %(err)s') % {'dev': pair.dest,
+                                                      'err': err}
     return None
-
-
-def _zero(devices, transport):
-    """Zero destination devices after a failure; return those left dirty."""
-    dirty = []
-    for dev in devices:
-        cmd = transport.remote('zero', '--device', dev)
-        proc = subprocess.run(  # nosec: B603 argv list
-            cmd, stdin=subprocess.DEVNULL, capture_output=True)
-        if proc.returncode:
-            LOG.error('Could not zero vPMEM namespace %(dev)s after a failed '
-                      'copy: %(err)s', {'dev': dev,
-                                        'err': proc.stderr[-STDERR_TAIL:]})
-            dirty.append(dev)
-    return dirty
 
 
 def copy_namespaces(pairs, host=None, streams=2, verify=True,
                     cipher=DEFAULT_CIPHER, bandwidth=0, timeout=0,
                     helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
                     ssh_args=(), chunk_size=CHUNK_SIZE, progress=None,
-                    on_execute=None, on_completion=None):
+                    on_execute=None, on_completion=None, digest=None,
+                    known_hosts=None):
     """Copy the content of vPMEM namespaces, verified, to ``host``.
 
     :param pairs: list of :class:`NamespacePair`; each destination must be
@@ -309,21 +425,29 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
         copied in parallel.
     :param verify: hash every chunk on the source and again after it has
         landed on the destination.
+    :param digest: the digest to do it with (see :func:`check_namespaces`),
+        None for the source helper's best.
     :param cipher: ssh cipher; compression is always off.
     :param bandwidth: cap in bytes per second over all streams, 0 for none.
     :param timeout: seconds before the copy is aborted, 0 for no limit.
     :param helper: argv of the root helper (``nova-vpmem-copy``).
     :param root_helper: argv prefix that runs the helper as root.
     :param ssh_args: extra ssh arguments (e.g. ``-F`` config), used in tests.
+    :param known_hosts: known_hosts file that pins the destination's host
+        key, None for ssh's usual files; host keys are always checked.
     :param progress: callable(bytes_copied, bytes_total).
     :param on_execute: callable(process) for each process started.
     :param on_completion: callable(process) for each process reaped.
     :returns: a list with one dict of statistics per pair.
     :raises: VPMEMCopyFailed naming the namespace and the failing process;
-        its ``dirty`` attribute lists destinations that could not be zeroed
-        afterwards. Every destination written to is zeroed before raising.
+        its ``touched`` attribute lists the destinations that may have been
+        written, for the caller to zero (:func:`zero_namespaces`) once the
+        instance runs again.
     """
-    transport = _Transport(host, helper, root_helper, cipher, ssh_args)
+    transport = _Transport(host, helper, root_helper, cipher, ssh_args,
+                           known_hosts)
+    if not verify:
+        digest = 'none'
     for pair in pairs:
         _check_pair(pair)
     streams = max(1, int(streams))
@@ -345,7 +469,7 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
                 stream = pending.popleft()
                 finished.append(stream)
                 try:
-                    out = stream.start(transport, verify, rate, chunk_size,
+                    out = stream.start(transport, digest, rate, chunk_size,
                                        on_execute)
                 except OSError as e:
                     stream.error = _('could not start the copy: %s') % e
@@ -384,18 +508,16 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
             stream.finish(on_completion)
         selector.close()
 
-    gap_failure = None if failed else _zero_gaps(pairs, transport)
+    gap_failure = None if failed else _zero_gaps(pairs, transport, deadline)
     if gap_failure:
         pair = gap_failure[0]
         failed = next(s for s in finished if s.pair is pair)
         failed.error = gap_failure[1]
     if failed:
-        touched = list(dict.fromkeys(s.pair.dest for s in finished))
-        dirty = _zero(touched, transport)
         exc = exception.VPMEMCopyFailed(
             source=failed.pair.source, dest=failed.pair.dest,
             host=host or 'localhost', reason=failed.error)
-        exc.dirty = dirty
+        exc.touched = list(dict.fromkeys(s.pair.dest for s in finished))
         raise exc
 
     results = []

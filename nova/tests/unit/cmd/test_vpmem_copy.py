@@ -16,6 +16,7 @@ import io
 import os
 import stat
 import subprocess
+import sys
 from unittest import mock
 
 import fixtures
@@ -26,6 +27,21 @@ from nova import test
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
+
+# Map a file and close its descriptor, as a guest's QEMU may do; Python's
+# mmap module would keep a duplicate descriptor open.
+_MAP_AND_CLOSE = '''
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.open(sys.argv[1], os.O_RDONLY)
+assert libc.mmap(None, 4096, 1, 1, fd, 0) not in (None, 2 ** 64 - 1)
+os.close(fd)
+print("mapped", flush=True)
+time.sleep(60)
+'''
 
 
 class VPMEMCopyHelperTestCase(test.NoDBTestCase):
@@ -227,6 +243,44 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         self.assertEqual(helper.EXIT_DENIED, exc.code)
         self.assertIn('in use by process %d' % user.pid, str(exc))
 
+    def test_device_mapped_by_another_process_is_refused(self):
+        # QEMU maps the namespace of a running guest; it need not keep a
+        # file descriptor open.
+        user = subprocess.Popen(
+            [sys.executable, '-c', _MAP_AND_CLOSE, self.dst],
+            stdout=subprocess.PIPE)
+        self.addCleanup(user.wait)
+        self.addCleanup(user.kill)
+        self.assertEqual(b'mapped\n', user.stdout.readline())
+        fd_dir = '/proc/%d/fd' % user.pid
+        self.assertNotIn(self.dst, [os.readlink(os.path.join(fd_dir, fd))
+                                    for fd in os.listdir(fd_dir)])
+        exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
+        self.assertIn('in use by process %d' % user.pid, str(exc))
+
+    def test_check_reports_protocol_and_digests(self):
+        out = io.StringIO()
+        helper.check([self.src, self.dst], [self.size, MiB], out=out)
+        self.assertEqual({'protocol': helper.PROTOCOL,
+                          'digests': helper.available_digests()},
+                         jsonutils.loads(out.getvalue()))
+
+    def test_check_refuses_small_unknown_or_busy_namespaces(self):
+        exc = self.assertRaises(helper.HelperError, helper.check,
+                                [self.dst], [self.size + 1])
+        self.assertIn('outside', str(exc))
+        other = self._file('other', bytes(16))
+        exc = self.assertRaises(helper.HelperError, helper.check,
+                                [self.src, other], [1, 1])
+        self.assertIn('not a vPMEM namespace', str(exc))
+        with open(self.dst, 'rb') as f:
+            user = subprocess.Popen(['sleep', '60'], stdin=f)
+        self.addCleanup(user.wait)
+        self.addCleanup(user.kill)
+        exc = self.assertRaises(helper.HelperError, helper.check,
+                                [self.dst], [1])
+        self.assertIn('in use', str(exc))
+
     def test_range_outside_namespace_is_refused(self):
         exc = self.assertRaises(helper.HelperError, helper.send, self.src,
                                 CHUNK, self.size, CHUNK, 'none', 0)
@@ -243,9 +297,35 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         self.assertEqual(helper.EXIT_DENIED, exc.code)
         self.assertIn('sudo', str(exc))
 
+    def _nova_conf(self, *texts):
+        paths = []
+        for i, text in enumerate(texts):
+            paths.append(self._file('nova%d.conf' % i, text.encode()))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.cmd.vpmem_copy.NOVA_CONFIG_FILES', tuple(paths)))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.cmd.vpmem_copy.NOVA_CONFIG_DIR',
+            os.path.join(self.tmp, 'nova.conf.d')))
+
+    def test_nova_namespace_names_from_nova_conf(self):
+        self._nova_conf('[libvirt]\npmem_namespaces = 4GB:ns0,X:ns9\n',
+                        '[DEFAULT]\ndebug = true\n[libvirt]\n'
+                        'pmem_namespaces = 128G:ns0|ns1,SMALL:ns3\n')
+        self.assertEqual({'ns0', 'ns1', 'ns3'},
+                         helper._nova_namespace_names())
+
+    def test_no_pmem_namespaces_in_nova_conf_allows_nothing(self):
+        self._nova_conf('[libvirt]\nvirt_type = kvm\n')
+        exc = self.assertRaises(helper.HelperError,
+                                helper._nova_namespace_names)
+        self.assertEqual(helper.EXIT_DENIED, exc.code)
+
+    @mock.patch('shutil.which', return_value='/usr/bin/ndctl')
     @mock.patch('subprocess.run')
-    def test_namespaces_from_ndctl(self, mock_run):
+    def test_namespaces_from_ndctl(self, mock_run, mock_which):
         self.useFixture(fixtures.EnvironmentVariable(helper.NAMESPACES_ENV))
+        # ns3 is a device-DAX namespace that nova does not give to guests.
+        self._nova_conf('[libvirt]\npmem_namespaces = A:ns0|ns1\n')
         mock_run.return_value = subprocess.CompletedProcess([], 0, jsonutils.
             dumps([
                 {'dev': 'namespace0.0', 'mode': 'devdax', 'size': 4225761280,
@@ -255,16 +335,20 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
                  'name': 'ns0'},
                 # Older ndctl: chardev and align at the top level.
                 {'dev': 'namespace1.0', 'mode': 'devdax', 'size': 1073741824,
-                 'chardev': 'dax1.0', 'align': 1073741824},
+                 'chardev': 'dax1.0', 'align': 1073741824, 'name': 'ns1'},
                 {'dev': 'namespace2.0', 'mode': 'fsdax', 'size': 1},
+                {'dev': 'namespace3.0', 'mode': 'devdax', 'size': 1073741824,
+                 'chardev': 'dax3.0', 'align': 2097152, 'name': 'ns3'},
             ]).encode())
         self.assertEqual(
             {'/dev/dax0.0': {'size': 4225761280, 'align': 2097152},
              '/dev/dax1.0': {'size': 1073741824, 'align': 1073741824}},
             helper.known_namespaces())
+        # Found in fixed directories only, and run with a fixed PATH.
+        mock_which.assert_called_once_with('ndctl', path=helper.SAFE_PATH)
         mock_run.assert_called_once_with(
-            ['ndctl', 'list', '-X'], check=True, capture_output=True,
-            timeout=60)
+            ['/usr/bin/ndctl', 'list', '-X'], check=True,
+            capture_output=True, timeout=60, env={'PATH': helper.SAFE_PATH})
 
     def test_device_dax_is_persisted_with_libpmem(self):
         persist = mock.Mock()
@@ -286,6 +370,7 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         self.assertEqual(self.size, persist.call_args[0][1].value)
 
     def test_main_reports_errors_with_exit_code(self):
+        self.useFixture(fixtures.EnvironmentVariable('PATH', '/tmp/evil'))
         stderr = self.useFixture(fixtures.StringStream('stderr')).stream
         self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
         other = self._file('other', bytes(16))
@@ -293,3 +378,4 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
                          helper.main(['zero', '--device', other]))
         stderr.seek(0)
         self.assertIn('not a vPMEM namespace', stderr.read())
+        self.assertEqual(helper.SAFE_PATH, os.environ['PATH'])

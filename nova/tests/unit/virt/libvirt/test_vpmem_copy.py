@@ -17,6 +17,7 @@ test_vpmem_copy_datapath.py.
 """
 
 import shlex
+import subprocess
 from unittest import mock
 
 from nova import test
@@ -39,15 +40,39 @@ class TransportTestCase(test.NoDBTestCase):
                                   ['sudo', '-n'], 'aes256-gcm@openssh.com',
                                   ['-F', '/etc/cfg'])
         argv = t.remote('receive', '--device', '/dev/dax0.1', '--length', 5)
+        # Options given first on the command line beat any ssh_config.
         self.assertEqual(
-            ['ssh', '-T', '-o', 'BatchMode=yes', '-o', 'Compression=no',
-             '-c', 'aes256-gcm@openssh.com', '-F', '/etc/cfg', '--',
-             'dest.example.org'], argv[:-1])
+            ['ssh', '-T', '-o', 'BatchMode=yes', '-o',
+             'StrictHostKeyChecking=yes', '-o', 'Compression=no', '-o',
+             'ConnectTimeout=10', '-o', 'ServerAliveInterval=5', '-o',
+             'ServerAliveCountMax=3', '-c', 'aes256-gcm@openssh.com', '-F',
+             '/etc/cfg', '--', 'dest.example.org'], argv[:-1])
         self.assertEqual(
             ['sudo', '-n', 'nova-vpmem-copy', 'receive', '--device',
              '/dev/dax0.1', '--length', '5'], shlex.split(argv[-1]))
-        self.assertNotIn('StrictHostKeyChecking', ' '.join(argv))
         self.assertNotIn('-C', argv)
+
+    def test_pinned_known_hosts_file(self):
+        t = vpmem_copy._Transport('dest', ['helper'], [], 'aes128-ctr', [],
+                                  known_hosts='/etc/nova/known_hosts')
+        argv = t.remote('zero', '--device', '/dev/dax0.1')
+        self.assertIn('UserKnownHostsFile=/etc/nova/known_hosts', argv)
+        self.assertIn('GlobalKnownHostsFile=/dev/null', argv)
+        self.assertRaises(ValueError, vpmem_copy._Transport, 'dest', [], [],
+                          'aes128-ctr', [], known_hosts='/a b')
+
+    def test_stop_terminates_first_so_sudo_relays_it(self):
+        quits, stuck, done = mock.Mock(), mock.Mock(), mock.Mock()
+        quits.poll.return_value = stuck.poll.return_value = None
+        stuck.wait.side_effect = subprocess.TimeoutExpired('helper', 1)
+        done.poll.return_value = 0
+        with mock.patch.object(vpmem_copy, 'KILL_GRACE', 0):
+            vpmem_copy._stop([quits, stuck, done])
+        quits.terminate.assert_called_once_with()
+        quits.kill.assert_not_called()
+        stuck.terminate.assert_called_once_with()
+        stuck.kill.assert_called_once_with()
+        done.terminate.assert_not_called()
 
     def test_remote_argument_with_shell_characters_stays_one_word(self):
         t = vpmem_copy._Transport('h', ['/opt/my helper'], [], 'aes128-ctr',

@@ -183,6 +183,17 @@ class DataPathBase(test.NoDBTestCase):
     def helper(self, mode='pass'):
         return self.env + [sys.executable, '-c', _WRAPPER, mode]
 
+    def zero(self, devices, host=None):
+        return vpmem_copy.zero_namespaces(
+            devices, host=host, helper=self.helper(), root_helper=(),
+            ssh_args=getattr(self, 'ssh_args', []), timeout=60)
+
+    def check(self, pairs, host=None, **kwargs):
+        return vpmem_copy.check_namespaces(
+            pairs, host=host, helper=self.helper(), root_helper=(),
+            ssh_args=kwargs.pop('ssh_args', getattr(self, 'ssh_args', [])),
+            **kwargs)
+
     def copy(self, pairs, host=None, mode='pass', **kwargs):
         kwargs.setdefault('chunk_size', 256 * 1024)
         return vpmem_copy.copy_namespaces(
@@ -213,7 +224,7 @@ class LocalDataPathTestCase(DataPathBase):
     def test_larger_destination_gets_the_label_area_at_its_end(self):
         self.assert_guest_layout(host=None)
 
-    def test_failure_zeroes_destination(self):
+    def test_failure_names_the_destinations_to_zero(self):
         size = 4 * MiB
         src = self.namespace('src', size)
         dst = self.namespace('dst', size)
@@ -221,8 +232,48 @@ class LocalDataPathTestCase(DataPathBase):
             exception.VPMEMCopyFailed, self.copy,
             [vpmem_copy.NamespacePair(src, dst, size)], mode='corrupt')
         self.assertIn('does not match its digest', str(exc))
-        self.assertEqual([], exc.dirty)
+        self.assertEqual([dst], exc.touched)
+        self.assertEqual([], self.zero(exc.touched))
         self.assertEqual(bytes(size), self.read(dst))
+
+    def test_helper_exits_when_its_reader_goes_away(self):
+        # A killed sudo leaves the helper behind; it stops at its next
+        # write once nobody reads its stream.
+        size = 16 * MiB
+        src = self.namespace('src', size)
+        send = subprocess.Popen(
+            self.helper() + ['send', '--device', src, '--length', str(size),
+                             '--chunk-size', str(MiB), '--rate',
+                             str(4 * MiB)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(send.stderr.close)
+        self.assertTrue(send.stdout.read(4096))
+        send.stdout.close()
+        self.assertNotEqual(0, send.wait(timeout=30))
+        self.assertIn(b'Broken pipe', send.stderr.read())
+
+    def test_check_agrees_on_a_digest(self):
+        src = self.namespace('src', MiB)
+        dst = self.namespace('dst', 2 * MiB)
+        pair = vpmem_copy.NamespacePair(src, dst, MiB, 2 * MiB)
+        self.assertIn(self.check([pair]), ('xxh3_64', 'blake3', 'blake2b'))
+        self.assertEqual('none', self.check([pair], verify=False))
+
+    def test_check_refuses_a_small_or_busy_destination(self):
+        src = self.namespace('src', MiB)
+        dst = self.namespace('dst', MiB)
+        exc = self.assertRaises(
+            exception.VPMEMCopyCheckFailed, self.check,
+            [vpmem_copy.NamespacePair(src, dst, MiB, 2 * MiB)])
+        self.assertIn('outside', str(exc))
+        with open(dst, 'rb') as f:
+            user = subprocess.Popen(['sleep', '60'], stdin=f)
+        self.addCleanup(user.wait)
+        self.addCleanup(user.kill)
+        exc = self.assertRaises(
+            exception.VPMEMCopyCheckFailed, self.check,
+            [vpmem_copy.NamespacePair(src, dst, MiB)])
+        self.assertIn('in use by process %d' % user.pid, str(exc))
 
 
 @testtools.skipUnless(_have_ssh(), 'sshd, ssh and ssh-keygen are required '
@@ -270,7 +321,8 @@ class SSHDataPathTestCase(DataPathBase):
             [vpmem_copy.NamespacePair(src, dst, size)], host=HOST,
             mode=mode, **kwargs)
         self.assertIn(expected, str(exc))
-        self.assertEqual([], exc.dirty)
+        self.assertEqual([dst], exc.touched)
+        self.assertEqual([], self.zero(exc.touched, HOST))
         self.assertEqual(bytes(size), self.read(dst))
         return exc
 
@@ -303,8 +355,9 @@ class SSHDataPathTestCase(DataPathBase):
             progress=progress)
         self.assertTrue(dropped)
         self.assertIn('exited with', str(exc))
-        # The link came back for the cleanup, which zeroed the destination.
-        self.assertEqual([], exc.dirty)
+        # The link came back for the cleanup, which zeroes the destination.
+        self.assertEqual([dst], exc.touched)
+        self.assertEqual([], self.zero(exc.touched, HOST))
         self.assertEqual(bytes(size), self.read(dst))
 
     def test_unknown_host_key_refused(self):
@@ -314,13 +367,56 @@ class SSHDataPathTestCase(DataPathBase):
         src = self.namespace('src', size)
         dst = self.namespace('dst', size)
         before = self.read(dst)
-        exc = self.assertRaises(
-            exception.VPMEMCopyFailed, self.copy,
-            [vpmem_copy.NamespacePair(src, dst, size)], host=HOST)
+        pair = vpmem_copy.NamespacePair(src, dst, size)
+        exc = self.assertRaises(exception.VPMEMCopyCheckFailed, self.check,
+                                [pair], host=HOST)
+        self.assertIn('Host key verification failed', str(exc))
+        exc = self.assertRaises(exception.VPMEMCopyFailed, self.copy,
+                                [pair], host=HOST)
         self.assertIn('Host key verification failed', str(exc))
         # Nothing was written and the cleanup could not get in either.
         self.assertEqual(before, self.read(dst))
-        self.assertEqual([dst], exc.dirty)
+        self.assertEqual([dst], self.zero(exc.touched, HOST))
+
+    def _change_host_key(self):
+        other = os.path.join(self.sshd.dir, 'other_key')
+        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f',
+                        other], check=True)
+        with open(other + '.pub') as f:
+            key = ' '.join(f.read().split()[:2])
+        with open(os.path.join(self.sshd.dir, 'known_hosts'), 'w') as f:
+            f.write('[127.0.0.1]:%d %s\n' % (self.sshd.port, key))
+
+    def test_changed_host_key_refused_whatever_ssh_config_says(self):
+        # What upstream's ssh guide for migrations tells operators to set.
+        with open(self.sshd.config, 'a') as f:
+            f.write('  StrictHostKeyChecking no\n')
+        self._change_host_key()
+        # Plain ssh with that configuration connects to the changed host.
+        plain = subprocess.run(['ssh', '-F', self.sshd.config, '-o',
+                                'BatchMode=yes', HOST, 'true'],
+                               capture_output=True, text=True)
+        self.assertEqual(0, plain.returncode, plain.stderr)
+        self.assertIn('REMOTE HOST IDENTIFICATION HAS CHANGED', plain.stderr)
+        src = self.namespace('src', MiB)
+        dst = self.namespace('dst', MiB)
+        exc = self.assertRaises(
+            exception.VPMEMCopyCheckFailed, self.check,
+            [vpmem_copy.NamespacePair(src, dst, MiB)], host=HOST)
+        self.assertIn('Host key verification failed', str(exc))
+
+    def test_pinned_known_hosts_file_is_the_only_one_used(self):
+        pinned = os.path.join(self.sshd.dir, 'pinned')
+        shutil.copy(os.path.join(self.sshd.dir, 'known_hosts'), pinned)
+        self._change_host_key()         # the file the ssh config names
+        src = self.namespace('src', MiB)
+        dst = self.namespace('dst', MiB)
+        pair = vpmem_copy.NamespacePair(src, dst, MiB)
+        self.assertRaises(exception.VPMEMCopyCheckFailed, self.check,
+                          [pair], host=HOST)
+        self.check([pair], host=HOST, known_hosts=pinned)
+        self.copy([pair], host=HOST, known_hosts=pinned)
+        self.assertEqual(self.read(src), self.read(dst))
 
     def test_naive_daxio_pipeline_flags_and_direction(self):
         # Uses the daxio STAND-IN (fake_daxio.py), not PMDK's daxio.
