@@ -533,6 +533,8 @@ def check(devices, lengths, out=None, allow_in_use=False):
         raise HelperError(EXIT_USAGE, 'give one --length per --device')
     for device, length in zip(devices, lengths):
         _check_device(device, 0, length, allow_in_use)
+        # As the copy will: read-only for the sources of a running guest.
+        os.close(os.open(device, os.O_RDONLY if allow_in_use else os.O_RDWR))
     out.write('%s\n' % json.dumps(  # noqa: N324
         {'protocol': PROTOCOL, 'digests': available_digests()}))
     out.flush()

@@ -265,6 +265,13 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
                           'digests': helper.available_digests()},
                          jsonutils.loads(out.getvalue()))
 
+    def test_check_opens_each_device_as_the_copy_will(self):
+        with mock.patch('os.open', side_effect=PermissionError(
+                13, 'Permission denied')) as mock_open:
+            self.assertRaises(PermissionError, helper.check, [self.dst],
+                              [1])
+        mock_open.assert_called_once_with(self.dst, os.O_RDWR)
+
     def test_check_refuses_small_unknown_or_busy_namespaces(self):
         exc = self.assertRaises(helper.HelperError, helper.check,
                                 [self.dst], [self.size + 1])
