@@ -1,0 +1,387 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The vPMEM copy helper on real device-DAX namespaces.
+
+These tests run as root INSIDE the QEMU guest of ``e2e.dax.guest`` (see
+``tools/run-dax-tests``), where the emulated NVDIMMs are real
+``/dev/daxN.M`` character devices, listed by the real ``ndctl list -X`` and
+named in the guest's ``/etc/nova/nova.conf``. No test override of the
+allow-list is used: ``NOVA_VPMEM_COPY_NAMESPACES`` must not be set.
+"""
+
+import contextlib
+import json
+import mmap
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+from nova.cmd import vpmem_copy as helper
+from nova import exception
+from nova.virt.libvirt import vpmem_copy
+
+MIB = 1024 * 1024
+LABEL = 2 * MIB
+HELPER = [sys.executable, '-m', 'nova.cmd.vpmem_copy']
+VENV_HELPER = os.path.join(os.path.dirname(sys.executable),
+                           'nova-vpmem-copy')
+
+
+def ndctl_namespaces():
+    """{name: (devpath, size, align)} from the real ndctl."""
+    out = subprocess.run(['ndctl', 'list', '-X'], check=True,
+                         capture_output=True).stdout
+    result = {}
+    for ns in json.loads(out):
+        dev = ns['daxregion']['devices'][0]
+        result[ns['name']] = ('/dev/' + dev['chardev'], int(ns['size']),
+                              int(dev['align']))
+    return result
+
+
+@contextlib.contextmanager
+def mapped(path, size):
+    """The whole device, mapped shared; unmapped again on exit.
+
+    The helper refuses a device that another process maps, so no test keeps
+    a mapping while it runs the helper.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with mmap.mmap(fd, size, mmap.MAP_SHARED) as m:
+            yield m
+    finally:
+        os.close(fd)
+
+
+class DaxTestBase(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        assert 'NOVA_VPMEM_COPY_NAMESPACES' not in os.environ
+        cls.namespaces = ndctl_namespaces()
+        cls.small = cls.namespaces['ns_small']
+        cls.large = cls.namespaces['ns_large']
+
+    def setUp(self):
+        super().setUp()
+        self.rng = random.Random(self.id())
+        self.tmp = tempfile.mkdtemp()
+
+    def raises(self, exc_class, func, *args, **kwargs):
+        with self.assertRaises(exc_class) as caught:
+            func(*args, **kwargs)
+        return caught.exception
+
+    def fill(self, ns, zero_every=0):
+        """Random bytes, every ``zero_every``-th MiB zero; return them."""
+        path, size, _align = ns
+        data = bytearray(self.rng.randbytes(size))
+        if zero_every:
+            for mib in range(0, size // MIB, zero_every):
+                data[mib * MIB:(mib + 1) * MIB] = bytes(MIB)
+        with mapped(path, size) as m:
+            m[:] = data
+        return bytes(data)
+
+    def read(self, ns):
+        path, size, _align = ns
+        with mapped(path, size) as m:
+            return bytes(m)
+
+    def copy(self, pairs, **kwargs):
+        return vpmem_copy.copy_namespaces(
+            pairs, host=None, helper=HELPER, root_helper=(), **kwargs)
+
+    def pipeline(self, src, dst, offset, length, dest_offset=None,
+                 chunk=MIB):
+        """Run ``send | receive`` of the helper for one range."""
+        dest_offset = offset if dest_offset is None else dest_offset
+        send = subprocess.Popen(
+            HELPER + ['send', '--device', src, '--offset', str(offset),
+                      '--length', str(length), '--chunk-size', str(chunk)],
+            stdout=subprocess.PIPE)
+        receive = subprocess.run(
+            HELPER + ['receive', '--device', dst, '--offset',
+                      str(dest_offset), '--length', str(length),
+                      '--source-offset', str(offset)],
+            stdin=send.stdout, capture_output=True, text=True)
+        send.stdout.close()
+        self.assertEqual(0, send.wait())
+        self.assertEqual(0, receive.returncode, receive.stderr)
+        return json.loads(receive.stdout.splitlines()[-1].split(' ', 1)[1])
+
+
+class DeviceDaxTestCase(DaxTestBase):
+    """The helper and the engine as root on real device-DAX."""
+
+    # -- the allow-list -----------------------------------------------------
+
+    def test_allow_list_comes_from_ndctl_and_nova_conf(self):
+        known = helper.known_namespaces()
+        self.assertEqual(
+            {self.small[0]: {'size': self.small[1], 'align': 2 * MIB},
+             self.large[0]: {'size': self.large[1], 'align': 2 * MIB}},
+            known)
+        # A device-DAX namespace that nova.conf does not list is refused.
+        unlisted = self.namespaces['unlisted']
+        exc = self.raises(helper.HelperError, helper.zero, unlisted[0])
+        self.assertEqual(helper.EXIT_DENIED, exc.code)
+
+    # -- copies -------------------------------------------------------------
+
+    def test_copy_random_and_mostly_zero_data_across_streams(self):
+        for zero_every in (0, 1):       # random, then all but 1 MiB zero
+            data = self.fill(self.small, zero_every=zero_every and 1)
+            if zero_every:
+                with mapped(self.small[0], self.small[1]) as m:
+                    m[5 * MIB:6 * MIB] = self.rng.randbytes(MIB)
+                    data = bytes(m)
+            self.fill(self.large)       # dirty destination
+            results = self.copy([vpmem_copy.NamespacePair(
+                self.small[0], self.large[0], self.small[1])], streams=3)
+            self.assertEqual(data, self.read(self.large)[:self.small[1]])
+            if zero_every:
+                self.assertEqual(self.small[1] - MIB,
+                                 results[0]['zero_bytes'])
+
+    def test_unaligned_offsets_and_lengths(self):
+        data = self.fill(self.small)
+        self.fill(self.large)
+        before = self.read(self.large)
+        offset, length = 3 * MIB + 4097, 5 * MIB + 12345
+        stats = self.pipeline(self.small[0], self.large[0], offset, length,
+                              chunk=256 * 1024 + 3)
+        self.assertEqual(length, stats['length'])
+        after = self.read(self.large)
+        self.assertEqual(data[offset:offset + length],
+                         after[offset:offset + length])
+        self.assertEqual(before[:offset], after[:offset])
+        self.assertEqual(before[offset + length:], after[offset + length:])
+
+    def test_resize_layout_on_a_larger_namespace(self):
+        data = self.fill(self.small, zero_every=4)
+        self.fill(self.large)           # dirty: nothing of it may remain
+        self.copy([vpmem_copy.NamespacePair(
+            self.small[0], self.large[0], self.small[1], self.large[1],
+            LABEL)], streams=2)
+        got = self.read(self.large)
+        size = self.small[1]
+        self.assertEqual(data[:size - LABEL], got[:size - LABEL])
+        self.assertEqual(data[size - LABEL:], got[-LABEL:])
+        self.assertEqual(bytes(self.large[1] - size),
+                         got[size - LABEL:-LABEL])
+
+    def test_check_on_real_devices(self):
+        pair = vpmem_copy.NamespacePair(self.small[0], self.large[0],
+                                        self.small[1], self.large[1])
+        self.assertIn(vpmem_copy.check_namespaces(
+            [pair], helper=HELPER, root_helper=()), helper.available_digests())
+        too_big = pair._replace(dest_size=self.large[1] + MIB)
+        self.raises(exception.VPMEMCopyCheckFailed,
+                    vpmem_copy.check_namespaces, [too_big], helper=HELPER,
+                    root_helper=())
+
+    # -- zeroing and daxio ----------------------------------------------------
+
+    def test_zero_a_range_and_a_namespace(self):
+        data = self.fill(self.large)
+        helper.zero(self.large[0], out=open(os.devnull, 'w'),
+                    offset=2 * MIB + 5, length=3 * MIB)
+        got = self.read(self.large)
+        self.assertEqual(bytes(3 * MIB), got[2 * MIB + 5:5 * MIB + 5])
+        self.assertEqual(data[:2 * MIB + 5], got[:2 * MIB + 5])
+        self.assertEqual(data[5 * MIB + 5:], got[5 * MIB + 5:])
+        self.assertEqual([], vpmem_copy.zero_namespaces(
+            [self.large[0]], helper=HELPER, root_helper=()))
+        self.assertEqual(bytes(self.large[1]), self.read(self.large))
+
+    def test_daxio_reads_what_the_helper_wrote(self):
+        data = self.fill(self.small, zero_every=3)
+        self.fill(self.large)
+        self.copy([vpmem_copy.NamespacePair(
+            self.small[0], self.large[0], self.small[1])])
+        out = os.path.join(self.tmp, 'out')
+        subprocess.run(['daxio', '--input', self.large[0], '--output', out,
+                        '--len', str(self.small[1])], check=True,
+                       capture_output=True)
+        with open(out, 'rb') as f:
+            self.assertEqual(data, f.read())
+
+    def test_helper_reads_what_daxio_wrote(self):
+        data = self.rng.randbytes(self.small[1])
+        src = os.path.join(self.tmp, 'src')
+        with open(src, 'wb') as f:
+            f.write(data)
+        subprocess.run(['daxio', '--input', src, '--output', self.small[0]],
+                       check=True, capture_output=True)
+        self.copy([vpmem_copy.NamespacePair(
+            self.small[0], self.large[0], self.small[1])])
+        self.assertEqual(data, self.read(self.large)[:self.small[1]])
+
+    def test_novas_daxio_zeroing_then_helper_sees_zero(self):
+        self.fill(self.small)
+        # nova.privsep.libvirt.cleanup_vpmem's command line.
+        subprocess.run(['daxio', '-z', '-o', self.small[0]], check=True,
+                       capture_output=True)
+        self.fill(self.large)
+        results = self.copy([vpmem_copy.NamespacePair(
+            self.small[0], self.large[0], self.small[1])])
+        self.assertEqual(self.small[1], results[0]['zero_bytes'])
+        self.assertEqual(bytes(self.small[1]),
+                         self.read(self.large)[:self.small[1]])
+
+    # -- refusals and the device mapping -------------------------------------
+
+    def test_device_mapped_by_another_process_is_refused(self):
+        script = ('import mmap, os, sys, time\n'
+                  'fd = os.open(sys.argv[1], os.O_RDONLY)\n'
+                  'm = mmap.mmap(fd, 2 * 1024 * 1024, mmap.MAP_SHARED, '
+                  'mmap.PROT_READ)\n'
+                  'os.close(fd)\n'
+                  'print("mapped", flush=True)\n'
+                  'time.sleep(60)\n')
+        user = subprocess.Popen([sys.executable, '-c', script,
+                                 self.small[0]], stdout=subprocess.PIPE)
+        try:
+            self.assertEqual(b'mapped\n', user.stdout.readline())
+            exc = self.raises(helper.HelperError, helper.zero,
+                              self.small[0])
+            self.assertIn('in use by process %d' % user.pid, str(exc))
+        finally:
+            user.kill()
+            user.wait()
+            user.stdout.close()
+
+    def test_range_outside_the_device_is_refused(self):
+        exc = self.raises(helper.HelperError, helper.send, self.small[0],
+                          self.small[1] - MIB, 2 * MIB, MIB, 'none', 0)
+        self.assertEqual(helper.EXIT_USAGE, exc.code)
+
+    def test_persist_with_libpmem_on_the_device_mapping(self):
+        dev = helper._Mapping(self.small[0], 3 * MIB + 7, MIB, 2 * MIB,
+                              writable=True)
+        try:
+            self.assertTrue(dev.is_dax)
+            self.assertIsNotNone(dev._persist)
+            dev.view[:] = b'\xa5' * MIB
+            dev.persist()
+        finally:
+            dev.close()
+        self.assertEqual(b'\xa5' * MIB,
+                         self.read(self.small)[3 * MIB + 7:4 * MIB + 7])
+
+
+# Runs as the unprivileged user "nova": the copy engine as nova-compute
+# runs it, with the default root helper "sudo -n".
+_AS_NOVA = """
+import json, sys
+from nova.virt.libvirt import vpmem_copy
+args = json.loads(sys.argv[1])
+pairs = [vpmem_copy.NamespacePair(*p) for p in args.pop('pairs')]
+call = getattr(vpmem_copy, args.pop('call'))
+try:
+    print(json.dumps({'result': call(pairs, helper=[%r], **args)}))
+except Exception as e:
+    print(json.dumps({'error': '%%s: %%s' %% (type(e).__name__, e)}))
+""" % VENV_HELPER
+
+
+class SudoTestCase(DaxTestBase):
+    """The helper through a real sudoers rule, for an unprivileged user."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # The guest's root file system is a throw-away overlay.
+        subprocess.run(['useradd', '--system', '--no-create-home', 'nova'],
+                       capture_output=True)
+        with open('/etc/sudoers.d/nova-vpmem-copy', 'w') as f:
+            f.write('nova ALL = (root) NOPASSWD: %s\n' % VENV_HELPER)
+        os.chmod('/etc/sudoers.d/nova-vpmem-copy', 0o440)
+        with open('/etc/hosts', 'a') as f:
+            f.write('127.0.1.1 %s\n' % os.uname().nodename)
+        # nova must be able to run this virtualenv's Python.
+        os.chmod('/root', 0o755)
+
+    def as_nova(self, call, pairs, **kwargs):
+        out = subprocess.run(
+            ['runuser', '-u', 'nova', '--', sys.executable, '-c', _AS_NOVA,
+             json.dumps(dict(kwargs, call=call, pairs=pairs))],
+            capture_output=True, text=True,
+            env={'PYTHONPATH': os.environ['PYTHONPATH'],
+                 'PATH': '/usr/sbin:/usr/bin:/sbin:/bin'})
+        self.assertEqual(0, out.returncode, out.stderr)
+        return json.loads(out.stdout.splitlines()[-1])
+
+    def helpers_running(self):
+        found = []
+        for pid in filter(str.isdigit, os.listdir('/proc')):
+            try:
+                with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            # sudo and the helper it runs both have these words.
+            if re.search(b'nova-vpmem-copy\0(send|receive)\0', cmdline):
+                found.append(int(pid))
+        return found
+
+    def test_copy_through_sudo_as_nova(self):
+        data = self.fill(self.small, zero_every=2)
+        self.fill(self.large)
+        pairs = [(self.small[0], self.large[0], self.small[1],
+                  self.large[1], LABEL)]
+        answer = self.as_nova('check_namespaces', pairs)
+        self.assertIn(answer.get('result'), helper.available_digests(),
+                      answer)
+        answer = self.as_nova('copy_namespaces', pairs, streams=2)
+        self.assertIn('result', answer, answer)
+        got = self.read(self.large)
+        self.assertEqual(data[:-LABEL], got[:self.small[1] - LABEL])
+        self.assertEqual(data[-LABEL:], got[-LABEL:])
+
+    def test_check_fails_when_the_helper_is_not_root(self):
+        # As with a nova-compute that runs as nova and no root helper.
+        pairs = [(self.small[0], self.large[0], self.small[1])]
+        answer = self.as_nova('check_namespaces', pairs, root_helper=[])
+        self.assertIn('Permission denied', answer.get('error', ''), answer)
+
+    def test_a_command_outside_the_sudoers_rule_is_refused(self):
+        pairs = [(self.small[0], self.large[0], self.small[1])]
+        answer = self.as_nova('check_namespaces', pairs,
+                              root_helper=['sudo', '-n', '/usr/bin/env'])
+        self.assertIn('a password is required', answer['error'])
+
+    def test_a_stopped_copy_stops_the_root_helpers_behind_sudo(self):
+        self.fill(self.small)
+        pairs = [(self.small[0], self.large[0], self.small[1])]
+        # 1 MiB/s: the copy is still running when its time is up.
+        answer = self.as_nova('copy_namespaces', pairs, streams=2,
+                              bandwidth=MIB, timeout=3)
+        self.assertIn('timed out after 3 seconds', answer['error'])
+        deadline = time.monotonic() + 10
+        while self.helpers_running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual([], self.helpers_running())
+
+
+if __name__ == '__main__':
+    start = time.monotonic()
+    unittest.main(verbosity=2, exit=False)
+    print('device-DAX tests took %.0f s' % (time.monotonic() - start))
