@@ -121,13 +121,16 @@ def _run(*cmd, **kwargs):
 
 
 def _kernel_package():
-    out = _run('apt-cache', 'depends', 'linux-image-amd64',
-               capture_output=True, text=True).stdout
-    match = re.search(r'Depends: (linux-image-\S+)', out)
-    if not match:
-        raise RuntimeError('apt-cache knows no linux-image-amd64 (apt-get '
-                           'update?)')
-    return match.group(1)
+    for attempt in range(2):
+        out = subprocess.run(['apt-cache', 'depends', 'linux-image-amd64'],
+                             capture_output=True, text=True).stdout
+        match = re.search(r'Depends: (linux-image-\S+)', out)
+        if match:
+            return match.group(1)
+        if not attempt:
+            say('apt has no package lists yet: apt-get update')
+            _run('apt-get', 'update', '-qq')
+    raise RuntimeError('apt knows no linux-image-amd64 package')
 
 
 def _fetch_kernel(cache):
