@@ -109,3 +109,9 @@ class NamespaceOwners(object):
         except BaseException:
             os.unlink(tmp)
             raise
+        # The rename itself must reach the disk to survive a host crash.
+        dir_fd = os.open(self._directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
