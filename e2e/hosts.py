@@ -61,6 +61,9 @@ def netns_available():
 class Host(object):
     """One compute host: an address, a namespace and an sshd."""
 
+    bridge = BRIDGE
+    gateway = GATEWAY
+
     def __init__(self, name, root, address, port=22, netns=None,
                  veth=None):
         self.name = name            # 'hostA'
@@ -92,13 +95,13 @@ class Host(object):
         run('ip', 'link', 'add', self.veth, 'type', 'veth', 'peer', 'name',
             peer)
         run('ip', 'link', 'set', peer, 'netns', self.netns)
-        run('ip', 'link', 'set', self.veth, 'master', BRIDGE)
+        run('ip', 'link', 'set', self.veth, 'master', self.bridge)
         run('ip', 'link', 'set', self.veth, 'up')
         run(*self._in_ns('ip', 'link', 'set', 'lo', 'up'))
         run(*self._in_ns('ip', 'addr', 'add',
                          '%s/%d' % (self.address, PREFIX_LEN), 'dev', peer))
         run(*self._in_ns('ip', 'link', 'set', peer, 'up'))
-        run(*self._in_ns('ip', 'route', 'add', 'default', 'via', GATEWAY))
+        run(*self._in_ns('ip', 'route', 'add', 'default', 'via', self.gateway))
 
     def write_sshd_config(self, client_pubkey, path_dirs, environment):
         """sshd config: key-only root login, own host key, own address.
@@ -133,6 +136,9 @@ class Host(object):
             'StrictModes no',
             'X11Forwarding no',
             'AllowTcpForwarding no',
+            # scp uses the SFTP protocol since OpenSSH 9.0 (Nova's
+            # resize copies disks with scp).
+            'Subsystem sftp internal-sftp',
             'PrintMotd no',
             'LogLevel ERROR',
             'SetEnv %s' % set_env,

@@ -151,7 +151,7 @@ def _fetch_kernel(cache):
     return tree, version
 
 
-def _module_files(tree, version):
+def _module_files(tree, version, modules=MODULES):
     """The modules' files in load order, dependencies first."""
     _run('depmod', '-b', str(tree), version)
     # The host's modprobe.d (ndctl's "install libnvdimm" rule) must not
@@ -159,7 +159,7 @@ def _module_files(tree, version):
     no_config = tree / 'no-modprobe.d'
     no_config.mkdir(exist_ok=True)
     files = []
-    for module in MODULES:
+    for module in modules:
         out = _run('modprobe', '-C', str(no_config), '-d', str(tree), '-S',
                    version, '--show-depends', module, capture_output=True,
                    text=True).stdout

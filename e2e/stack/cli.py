@@ -1,0 +1,130 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""tools/cloud: bring the real two-host cloud up, down, or show it.
+
+  up      install what is missing, start every service, upload the guest
+          image and create the vPMEM flavors (about 3 minutes once built)
+  down    stop every process the cloud started, by pid; remove its
+          namespaces, mounts, bridge and ssh client drop-in
+  status  what runs, and Nova's view of its compute services
+
+After ``up``, use the cloud as an operator would::
+
+  export OS_CLIENT_CONFIG_FILE=.workspace/stack/clouds.yaml
+  .workspace/stack/venv/bin/openstack --os-cloud admin server list
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+
+from e2e.stack import base
+from e2e.stack import computes
+from e2e.stack import control
+from e2e.stack import guest_image
+from e2e.stack import nova
+from e2e.stack import venv
+
+IMAGE = 'vpmem-guest'
+FLAVORS = (('pmem.small', 'SMALL'), ('pmem.large', 'LARGE'))
+
+
+def up():
+    started = time.monotonic()
+    subprocess.run([str(base.ROOT / 'tools' / 'setup-host')], check=True)
+    subprocess.run([sys.executable, str(base.ROOT / 'tools' / 'workspace'),
+                    'build'], check=True)
+    venv.ensure()
+    paths = guest_image.build()
+    down(quiet=True)            # leftovers of an interrupted run
+    base.ensure_bridge()
+    control.up()
+    for host in computes.HOSTS:
+        host.create()
+    known_hosts = computes.setup_ssh()
+    for host in computes.HOSTS:
+        host.start_platform()
+    nova.start_controller()
+    nova.start_computes(known_hosts)
+    upload_image(paths)
+    create_flavors()
+    base.say('up in %.0f s; OS_CLIENT_CONFIG_FILE=%s' % (
+        time.monotonic() - started, base.CLOUDS_YAML))
+
+
+def upload_image(paths):
+    """The guest as kernel, ramdisk and machine images, like an AMI."""
+    ids = {}
+    for kind, name in (('aki', 'kernel'), ('ari', 'ramdisk')):
+        ids[name] = base.openstack(
+            'image', 'create', '--public', '--disk-format', kind,
+            '--container-format', kind, '--file', paths[name],
+            '-f', 'value', '-c', 'id', '%s-%s' % (IMAGE, name)
+        ).stdout.strip()
+    base.openstack('image', 'create', '--public', '--disk-format', 'ami',
+                   '--container-format', 'ami', '--file', paths['disk'],
+                   '--property', 'kernel_id=%s' % ids['kernel'],
+                   '--property', 'ramdisk_id=%s' % ids['ramdisk'], IMAGE)
+    base.say('image %s uploaded' % IMAGE)
+
+
+def create_flavors():
+    for name, label in FLAVORS:
+        base.openstack('flavor', 'create', '--public', '--ram', '512',
+                       '--disk', '1', '--vcpus', '1', '--property',
+                       'hw:pmem=%s' % label, name)
+    base.say('flavors %s created' % ', '.join(name for name, _ in FLAVORS))
+
+
+def down(quiet=False):
+    if not quiet:
+        base.say('stopping every process the cloud started')
+    nova.stop()
+    computes.teardown()
+    control.down()
+    for name in base.started_names():       # anything left
+        base.stop(name)
+    base.remove_bridge()
+
+
+def status():
+    names = base.started_names()
+    for name in names:
+        print('%-24s %s' % (name, 'running' if base.running(name)
+                            else 'NOT running'))
+    if not names:
+        print('the cloud is down')
+        return 1
+    print(base.openstack('compute', 'service', 'list', check=False).stdout)
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='tools/cloud', description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('command', choices=('up', 'down', 'status'))
+    args = parser.parse_args(argv)
+    if args.command == 'up':
+        try:
+            up()
+        except BaseException:
+            base.say('up failed; logs in %s; tearing down' % base.LOGS)
+            down(quiet=True)
+            raise
+        return 0
+    if args.command == 'down':
+        down()
+        return 0
+    return status()

@@ -1,0 +1,307 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The two compute hosts of the cloud.
+
+A host is a network namespace (its own address on the controller's bridge)
+and a mount namespace of its own, kept alive by a bind mount of
+``/proc/PID/ns/mnt``-style file under ``STATE/ns``. Every process of the
+host (sshd, virtlogd, libvirtd, nova-compute, and what they start: QEMU,
+privsep, the copy helper under sudo) runs in both, so in its file system:
+
+- ``/run`` is a tmpfs of its own (libvirt's sockets and pid files);
+- ``/etc/nova``, ``/etc/libvirt``, ``/var/lib/nova``, ``/var/lib/libvirt``,
+  ``/var/log/libvirt`` and ``/var/cache/libvirt`` are this host's
+  directories under ``STATE/hosts/<host>``;
+- ``/dev`` is a tmpfs with the usual character devices plus this host's
+  vPMEM namespaces only, ``/dev/dax<region>.<n>``: regular files (there is
+  no PMEM hardware here) bind-mounted from ``STATE/hosts/<host>/pmem``.
+
+STAND-INS (no PMEM hardware on these machines), bind-mounted in the host's
+mount namespace only:
+
+- ``/usr/bin/ndctl``: prints this host's namespaces for ``ndctl list -X``,
+  which is all Nova and the copy helper ask of it;
+- ``/usr/bin/daxio``: ``e2e/bin/daxio``, daxio's command line on regular
+  files (real daxio refuses anything but device-DAX). Nova zeroes
+  namespaces with it.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+
+from e2e import hosts
+from e2e import namespaces as ns_mod
+from e2e.stack import base
+
+MIB = 1024 * 1024
+# A namespace must be a multiple of 16 MiB plus the 2 MiB label area for the
+# guest kernel to create a device-DAX namespace on it.
+SMALL_SIZE = 258 * MIB
+LARGE_SIZE = 514 * MIB
+LAYOUT = (('SMALL', 'ns_0', SMALL_SIZE), ('SMALL', 'ns_1', SMALL_SIZE),
+          ('LARGE', 'ns_2', LARGE_SIZE))
+PMEM_NAMESPACES_OPTION = 'SMALL:ns_0|ns_1,LARGE:ns_2'
+NS_DIR = base.STATE / 'ns'
+CLIENT_DIR = base.STATE / 'client'
+SSH_DROPIN = pathlib.Path('/etc/ssh/ssh_config.d/nova-stack.conf')
+E2E_BIN = pathlib.Path(__file__).resolve().parents[1] / 'bin'
+# Character devices QEMU, libvirt, sshd and sudo need in the host's /dev.
+DEVICES = (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7), ('random', 1, 8),
+           ('urandom', 1, 9), ('tty', 5, 0), ('net/tun', 10, 200))
+PRIVATE_DIRS = ('/etc/nova', '/etc/libvirt', '/var/lib/nova',
+                '/var/lib/libvirt', '/var/log/libvirt', '/var/cache/libvirt')
+QEMU_CONF = '''
+# nova stack (tools/cloud): QEMU runs as root without a security driver,
+# and libvirt gives no domain a /dev of its own: the vPMEM "devices" of this
+# host are regular files bind-mounted on /dev in the host's mount namespace.
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+namespaces = [ ]
+'''
+NDCTL_STAND_IN = '''#!/bin/sh
+# STAND-IN FOR ndctl(1), nova stack (tools/cloud) only: there is no PMEM
+# hardware here. Prints this host's namespaces for "ndctl list -X", the only
+# command Nova and nova-vpmem-copy run; bind-mounted on /usr/bin/ndctl in
+# this host's mount namespace only.
+if [ "$*" = "list -X" ]; then
+    exec cat /etc/nova/ndctl-list.json
+fi
+echo "ndctl stand-in: only 'list -X' is supported" >&2
+exit 2
+'''
+
+
+class ComputeHost(hosts.Host):
+    """One compute host: network and mount namespace, sshd, libvirt, nova."""
+
+    bridge = base.BRIDGE
+    gateway = base.CONTROLLER
+
+    def __init__(self, name, address, region):
+        super().__init__(name, base.STATE / 'hosts' / name, address,
+                         netns='nstack-%s' % name[-1].lower(),
+                         veth='nstack-%s0' % name[-1].lower())
+        self.region = region
+        self.mount_ns = NS_DIR / name
+        self.uts_ns = NS_DIR / ('%s.uts' % name)
+        self.namespaces = [
+            ns_mod.Namespace(ns_name, label, '/dev/dax%d.%d' % (region, n),
+                             self.root / 'pmem' / ('dax%d.%d' % (region, n)),
+                             size, 'dax%d.%d' % (region, n))
+            for n, (label, ns_name, size) in enumerate(LAYOUT)]
+
+    def _in_ns(self, *argv):
+        return ('nsenter', '--mount=%s' % self.mount_ns,
+                '--uts=%s' % self.uts_ns,
+                '--net=/run/netns/%s' % self.netns, '--') + argv
+
+    def private(self, path):
+        """This host's directory behind a private path such as /etc/nova."""
+        return self.root / path.strip('/').replace('/', '-')
+
+    def by_devpath(self, devpath):
+        for ns in self.namespaces:
+            if ns.devpath == devpath:
+                return ns
+        raise KeyError('%s is not a namespace of %s' % (devpath, self.name))
+
+    # -- setting up -------------------------------------------------------
+
+    def create(self):
+        base.say('%s: namespaces, /dev and private directories' % self.name)
+        self._create_mount_namespace()
+        self.create_network(self.region)
+        self._mount('-t', 'tmpfs', '-o', 'mode=0755', 'run', '/run')
+        self._write_libvirt_config()
+        for path in PRIVATE_DIRS:
+            self.private(path).mkdir(parents=True, exist_ok=True)
+            # An empty mount point in the shared root file system (removed
+            # at teardown when it was ours and is still empty).
+            os.makedirs(path, exist_ok=True)
+            self._mount('--bind', self.private(path), path)
+        self.private('/var/lib/nova').joinpath('instances').mkdir(
+            exist_ok=True)
+        self._make_dev()
+        self._write_stand_ins()
+
+    def _create_mount_namespace(self):
+        NS_DIR.mkdir(parents=True, exist_ok=True)
+        # A mount namespace is pinned by a bind mount of its nsfs file; the
+        # directory holding it must not propagate mounts.
+        if not base.is_mountpoint(NS_DIR):
+            base.run('mount', '--bind', str(NS_DIR), str(NS_DIR))
+            base.run('mount', '--make-private', str(NS_DIR))
+        self.mount_ns.touch()
+        base.run('unshare', '--mount=%s' % self.mount_ns,
+                 '--propagation', 'private', 'true')
+        # Its own host name: libvirt reports it, and Nova names the
+        # compute node after it.
+        self.uts_ns.touch()
+        base.run('unshare', '--uts=%s' % self.uts_ns, 'hostname', self.name)
+
+    def _mount(self, *argv):
+        base.run(*self._in_ns('mount', *[str(a) for a in argv]))
+
+    def _make_dev(self):
+        """A /dev with the usual devices and this host's namespaces only."""
+        self._mount('-t', 'tmpfs', '-o', 'mode=0755,size=1m', 'dev', '/dev')
+        for name, major, minor in DEVICES:
+            if name.startswith('net/'):
+                base.run(*self._in_ns('mkdir', '-p', '/dev/net'))
+            base.run(*self._in_ns('mknod', '-m', '0666', '/dev/' + name, 'c',
+                                  str(major), str(minor)))
+        for path in ('/dev/pts', '/dev/shm'):
+            base.run(*self._in_ns('mkdir', path))
+        self._mount('-t', 'devpts', '-o', 'newinstance,ptmxmode=0666',
+                    'devpts', '/dev/pts')
+        self._mount('-t', 'tmpfs', 'shm', '/dev/shm')
+        for link, target in (('ptmx', 'pts/ptmx'), ('fd', '/proc/self/fd'),
+                             ('stdin', '/proc/self/fd/0'),
+                             ('stdout', '/proc/self/fd/1'),
+                             ('stderr', '/proc/self/fd/2')):
+            base.run(*self._in_ns('ln', '-s', target, '/dev/' + link))
+        (self.root / 'pmem').mkdir(parents=True, exist_ok=True)
+        for ns in self.namespaces:
+            with open(ns.backing, 'wb') as f:
+                f.truncate(ns.size)         # sparse: a zeroed namespace
+            base.run(*self._in_ns('touch', ns.devpath))
+            self._mount('--bind', ns.backing, ns.devpath)
+
+    def _write_libvirt_config(self):
+        etc = self.private('/etc/libvirt')
+        shutil.rmtree(etc, ignore_errors=True)
+        shutil.copytree('/etc/libvirt', etc, symlinks=True)
+        # No default network: there is no dnsmasq, and guests boot --nic none.
+        shutil.rmtree(etc / 'qemu' / 'networks' / 'autostart',
+                      ignore_errors=True)
+        with open(etc / 'qemu.conf', 'a') as f:
+            f.write(QEMU_CONF)
+
+    def _write_stand_ins(self):
+        etc_nova = self.private('/etc/nova')
+        (etc_nova / 'ndctl-list.json').write_text(json.dumps(
+            [ns.ndctl(self.region) for ns in self.namespaces], indent=1))
+        ndctl = self.root / 'ndctl-stand-in'
+        ndctl.write_text(NDCTL_STAND_IN)
+        ndctl.chmod(0o755)
+        self._mount('--bind', ndctl, '/usr/bin/ndctl')
+        self._mount('--bind', E2E_BIN / 'daxio', '/usr/bin/daxio')
+
+    # -- services ---------------------------------------------------------
+
+    def service(self, what):
+        return '%s-%s' % (what, self.name)
+
+    def start_platform(self):
+        """virtlogd, libvirtd and sshd: what the host runs besides Nova."""
+        base.run(*self._in_ns('mkdir', '-p', '/run/sshd'))
+        base.start(self.service('virtlogd'), self._in_ns('virtlogd'))
+        base.start(self.service('libvirtd'), self._in_ns('libvirtd'))
+        base.wait_for('libvirtd of %s' % self.name, lambda: self.run_in(
+            'virsh', '-c', 'qemu:///system', 'version', check=False
+        ).returncode == 0, timeout=60, name=self.service('libvirtd'))
+        base.start(self.service('sshd'), self._in_ns(
+            hosts.SSHD, '-D', '-f', self.ssh_dir / 'sshd_config',
+            '-E', self.ssh_dir / 'sshd.log'))
+        base.wait_for('sshd of %s' % self.name, lambda: base.port_open(
+            self.address, self.port), timeout=30, name=self.service('sshd'))
+
+    def start_nova_compute(self, nova_conf_sections):
+        base.write_config(self.private('/etc/nova') / 'nova.conf',
+                          nova_conf_sections)
+        base.start(self.service('nova-compute'), self._in_ns(
+            base.VENV_BIN / 'nova-compute', '--config-file',
+            '/etc/nova/nova.conf'))
+
+    def run_in(self, *argv, check=True):
+        """Run argv on this host (in its namespaces)."""
+        return base.run(*self._in_ns(*[str(a) for a in argv]), check=check)
+
+    def stop_services(self):
+        for what in ('nova-compute', 'sshd', 'libvirtd', 'virtlogd'):
+            base.stop(self.service(what))
+
+    def destroy(self):
+        self.stop_services()
+        self._kill_leftovers()
+        self.destroy_network()
+        for pinned in (self.mount_ns, self.uts_ns):
+            if os.path.ismount(pinned):
+                base.run('umount', str(pinned), check=False)
+
+    def _kill_leftovers(self):
+        """Kill what still runs in this host's mount namespace.
+
+        QEMU daemonizes out of libvirtd's process group, and privsep
+        daemons and copy helpers may outlive nova-compute; all of them are
+        recognised by their mount namespace.
+        """
+        if not os.path.ismount(self.mount_ns):
+            return
+        wanted = 'mnt:[%d]' % os.stat(self.mount_ns).st_ino
+        for proc in pathlib.Path('/proc').glob('[0-9]*'):
+            try:
+                if os.readlink(proc / 'ns' / 'mnt') == wanted:
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                continue
+
+
+HOSTS = (ComputeHost('hostA', '10.78.0.11', 0),
+         ComputeHost('hostB', '10.78.0.12', 1))
+
+
+def setup_ssh():
+    """The migration key, each host's sshd and the client's pinned keys."""
+    CLIENT_DIR.mkdir(parents=True, exist_ok=True)
+    identity = CLIENT_DIR / 'id_ed25519'
+    if not identity.exists():
+        base.run('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C',
+                 'nova stack migration key', '-f', str(identity))
+    pubkey = identity.with_suffix('.pub').read_text()
+    for host in HOSTS:
+        host.write_sshd_config(pubkey, [base.VENV_BIN], {})
+    known_hosts = CLIENT_DIR / 'known_hosts'
+    known_hosts.write_text(''.join(
+        '%s %s\n' % (host.address,
+                     ' '.join(host.public_host_key().split()[:2]))
+        for host in HOSTS))
+    blocks = ['# Written by tools/cloud (e2e/stack/computes.py); removed by',
+              '# "tools/cloud down". Host keys are pinned, never skipped.']
+    for host in HOSTS:
+        blocks += ['Host %s' % host.address, '    User root',
+                   '    IdentityFile %s' % identity, '    IdentitiesOnly yes',
+                   '    UserKnownHostsFile %s' % known_hosts,
+                   '    GlobalKnownHostsFile /dev/null', '    BatchMode yes',
+                   '    StrictHostKeyChecking yes', '    ConnectTimeout 5']
+    SSH_DROPIN.write_text('\n'.join(blocks) + '\n')
+    return known_hosts
+
+
+def teardown():
+    for host in HOSTS:
+        host.destroy()
+    SSH_DROPIN.unlink(missing_ok=True)
+    for path in ('/etc/nova', '/var/lib/nova'):
+        try:
+            os.rmdir(path)          # only when empty: then it was ours
+        except OSError:
+            pass
+    if base.is_mountpoint(NS_DIR):
+        base.run('umount', '--recursive', str(NS_DIR), check=False)

@@ -1,0 +1,83 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The ``cloud`` test group: one bring-up, the tests, and a tear-down.
+
+Prints the wall time and the machine's peak memory in use while the group
+ran, and ends with "N passed, N failed, N skipped".
+"""
+
+import sys
+import threading
+import time
+import unittest
+
+from e2e.stack import base
+from e2e.stack import cli
+
+MODULES = ('e2e.stack.test_cloud',)
+
+
+class MemorySampler(threading.Thread):
+    """Peak of MemTotal - MemAvailable, sampled every second."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = 0
+        self.done = threading.Event()
+
+    @staticmethod
+    def in_use():
+        info = {}
+        with open('/proc/meminfo') as f:
+            for line in f:
+                key, value = line.split(':')
+                info[key] = int(value.split()[0]) * 1024
+        return info['MemTotal'] - info['MemAvailable']
+
+    def run(self):
+        while not self.done.wait(1):
+            self.peak = max(self.peak, self.in_use())
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    started = time.monotonic()
+    sampler = MemorySampler()
+    baseline = sampler.in_use()
+    sampler.start()
+    passed = failed = skipped = 0
+    try:
+        cli.up()
+        base.say('cloud up after %.0f s' % (time.monotonic() - started))
+        suite = unittest.defaultTestLoader.loadTestsFromNames(
+            argv or MODULES)
+        result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout,
+                                         failfast=False).run(suite)
+        failed = len(result.failures) + len(result.errors)
+        skipped = len(result.skipped)
+        passed = result.testsRun - failed - skipped
+    except Exception as e:
+        base.say('the cloud did not come up: %s' % e)
+        failed += 1
+    finally:
+        cli.down()
+        sampler.done.set()
+    print('wall time %.0f s; peak memory in use %.1f GiB (%.1f GiB before '
+          'the group)' % (time.monotonic() - started, sampler.peak / 2**30,
+                          baseline / 2**30))
+    print('%d passed, %d failed, %d skipped' % (passed, failed, skipped))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

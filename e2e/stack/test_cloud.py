@@ -1,0 +1,73 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The proof on the real cloud, one test per step of ``scenario.Tour``.
+
+Needs the cloud up (``tools/run-cloud-tests`` brings it up and down). The
+steps build on each other, so once one fails the later ones are skipped
+with the name of the step that failed.
+"""
+
+import unittest
+
+from e2e.stack import scenario
+
+
+class CloudTourTestCase(unittest.TestCase):
+
+    tour = None
+    broken = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tour = scenario.Tour()
+
+    def _run(self, step_name):
+        cls = type(self)
+        if cls.broken:
+            self.skipTest('an earlier step failed: %s' % cls.broken)
+        step_fn = getattr(cls.tour, step_name)
+        cls.broken = step_name          # until it passes
+        step = step_fn()
+        print('\n  %s: %s | %s | guest: %s' % (
+            'PASS' if step.ok else 'FAIL', step.name, step.detail,
+            scenario.format_line(step.line)), flush=True)
+        self.assertTrue(step.ok, '%s: %s; guest line %s' % (
+            step.name, step.detail, step.line))
+        cls.broken = None
+
+    def test_1_boot(self):
+        self._run('boot')
+
+    def test_2_tenant_cannot_migrate(self):
+        self._run('tenant_cannot_migrate')
+
+    def test_3_migrate_with_copy(self):
+        self._run('migrate_with_copy')
+
+    def test_4_resize_to_larger(self):
+        self._run('resize_to_larger')
+
+    def test_5_stop_start(self):
+        self._run('stop_start')
+
+    def test_6_hard_reboot(self):
+        self._run('hard_reboot')
+
+    def test_7_resize_and_revert(self):
+        self._run('resize_and_revert')
+
+    def test_8_migrate_without_copy(self):
+        self._run('migrate_without_copy')
+
+    def test_9_delete(self):
+        self._run('delete')
