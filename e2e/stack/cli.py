@@ -37,7 +37,10 @@ from e2e.stack import nova
 from e2e.stack import venv
 
 IMAGE = 'vpmem-guest'
-FLAVORS = (('pmem.small', 'SMALL'), ('pmem.large', 'LARGE'))
+# name, vPMEM label, vCPUs: pmem.large.2cpu lets a server on a LARGE
+# namespace resize (and revert) onto the other host's LARGE namespace.
+FLAVORS = (('pmem.small', 'SMALL', 1), ('pmem.large', 'LARGE', 1),
+           ('pmem.large.2cpu', 'LARGE', 2))
 
 
 def up():
@@ -80,11 +83,11 @@ def upload_image(paths):
 
 
 def create_flavors():
-    for name, label in FLAVORS:
+    for name, label, vcpus in FLAVORS:
         base.openstack('flavor', 'create', '--public', '--ram', '512',
-                       '--disk', '1', '--vcpus', '1', '--property',
+                       '--disk', '1', '--vcpus', vcpus, '--property',
                        'hw:pmem=%s' % label, name)
-    base.say('flavors %s created' % ', '.join(name for name, _ in FLAVORS))
+    base.say('flavors %s created' % ', '.join(f[0] for f in FLAVORS))
 
 
 def down(quiet=False):

@@ -80,9 +80,22 @@ class Server(object):
             if info['status'] == 'ERROR':
                 raise ScenarioError('%s went to ERROR: %s' % (
                     self.name, info.get('fault')))
+            if wanted == 'VERIFY_RESIZE' and info['status'] == 'ACTIVE':
+                self._fail_on_failed_move()
             time.sleep(2)
         raise ScenarioError('%s not %s after %ds (still %s)' % (
             self.name, wanted, timeout, info['status']))
+
+    def _fail_on_failed_move(self):
+        """A move refused by the compute rolls back to ACTIVE: say so."""
+        migrations = json.loads(self.action(
+            'server', 'migration', 'list', '--server', self.id, '-f',
+            'json').stdout)
+        if migrations and migrations[0]['Status'] == 'error':
+            raise ScenarioError('the move of %s failed (migration %s); see '
+                                'the nova-compute logs in %s' % (
+                                    self.name, migrations[0]['Id'],
+                                    base.LOGS))
 
     def console(self):
         return base.openstack('console', 'log', 'show', self.id,
@@ -206,7 +219,7 @@ class Tour(object):
         return self._moved('hard reboot', line, 'hostA')
 
     def resize_and_revert(self):
-        on_b = self._resize('pmem.small')
+        on_b = self._resize('pmem.large.2cpu')
         self.server.action('server', 'resize', 'revert', self.server.id,
                            cloud='demo')
         self.server.wait_status('ACTIVE')
