@@ -125,6 +125,7 @@ class ComputeHost(hosts.Host):
 
     def create(self):
         base.say('%s: namespaces, /dev and private directories' % self.name)
+        self._mount_pmem_storage()
         self._create_mount_namespace()
         self.create_network(self.region)
         self._mount('-t', 'tmpfs', '-o', 'mode=0755', 'run', '/run')
@@ -138,7 +139,22 @@ class ComputeHost(hosts.Host):
         self.private('/var/lib/nova').joinpath('instances').mkdir(
             exist_ok=True)
         self._make_dev()
+        self._write_hosts_file()
         self._write_stand_ins()
+
+    def _mount_pmem_storage(self):
+        """A tmpfs that holds exactly this host's namespaces.
+
+        Memory, like PMEM: on a disk file every msync() of the copy helper
+        (its persist step) would be a disk write. Mounted before the mount
+        namespaces are made, so that they all share it.
+        """
+        pmem = self.root / 'pmem'
+        pmem.mkdir(parents=True, exist_ok=True)
+        if not base.is_mountpoint(pmem):
+            total = sum(ns.size for ns in self.namespaces)
+            base.run('mount', '-t', 'tmpfs', '-o', 'size=%d,mode=0700' % (
+                total + MIB), 'nstack-pmem', str(pmem))
 
     def _create_mount_namespace(self):
         NS_DIR.mkdir(parents=True, exist_ok=True)
@@ -176,7 +192,6 @@ class ComputeHost(hosts.Host):
                              ('stdout', '/proc/self/fd/1'),
                              ('stderr', '/proc/self/fd/2')):
             base.run(*self._in_ns('ln', '-s', target, '/dev/' + link))
-        (self.root / 'pmem').mkdir(parents=True, exist_ok=True)
         for ns in self.namespaces:
             with open(ns.backing, 'wb') as f:
                 f.truncate(ns.size)         # sparse: a zeroed namespace
@@ -192,6 +207,23 @@ class ComputeHost(hosts.Host):
                       ignore_errors=True)
         with open(etc / 'qemu.conf', 'a') as f:
             f.write(QEMU_CONF)
+
+    def _write_hosts_file(self):
+        """Its own /etc/hosts and resolv.conf.
+
+        sudo looks its host name up, and without an answer it waits out a
+        DNS timeout (20 s) on every call.
+        """
+        hosts_file = self.root / 'hosts'
+        hosts_file.write_text(''.join(
+            ['127.0.0.1 localhost\n', '%s controller\n' % base.CONTROLLER] +
+            ['%s %s\n' % (h.address, h.name) for h in HOSTS]))
+        self._mount('--bind', hosts_file, '/etc/hosts')
+        # No DNS server is reachable from the host's network: fail lookups
+        # at once (no nameserver means 127.0.0.1, which refuses).
+        resolv = self.root / 'resolv.conf'
+        resolv.write_text('# nova stack test host: no DNS\n')
+        self._mount('--bind', resolv, '/etc/resolv.conf')
 
     def _write_stand_ins(self):
         etc_nova = self.private('/etc/nova')
@@ -244,6 +276,8 @@ class ComputeHost(hosts.Host):
         for pinned in (self.mount_ns, self.uts_ns):
             if os.path.ismount(pinned):
                 base.run('umount', str(pinned), check=False)
+        if base.is_mountpoint(self.root / 'pmem'):
+            base.run('umount', str(self.root / 'pmem'), check=False)
 
     def _kill_leftovers(self):
         """Kill what still runs in this host's mount namespace.
