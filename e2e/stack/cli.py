@@ -12,8 +12,9 @@
 
 """tools/cloud: bring the real two-host cloud up, down, or show it.
 
-  up      install what is missing, start every service, upload the guest
-          image and create the vPMEM flavors (about 3 minutes once built)
+  up      install what is missing, start every service on empty state
+          (the data of the last cloud is dropped), upload the guest image
+          and create the vPMEM flavors (about 3 minutes once built)
   down    stop every process the cloud started, by pid; remove its
           namespaces, mounts, bridge and ssh client drop-in
   status  what runs, and Nova's view of its compute services
@@ -25,6 +26,7 @@ After ``up``, use the cloud as an operator would::
 """
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +53,7 @@ def up():
     venv.ensure()
     paths = guest_image.build()
     down(quiet=True)            # leftovers of an interrupted run
+    reset_state()
     base.ensure_bridge()
     control.up()
     for host in computes.HOSTS:
@@ -64,6 +67,28 @@ def up():
     create_flavors()
     base.say('up in %.0f s; OS_CLIENT_CONFIG_FILE=%s' % (
         time.monotonic() - started, base.CLOUDS_YAML))
+
+
+def reset_state():
+    """Start from an empty cloud: drop the data of the last one.
+
+    Keeps only what is slow to make and does not change: the virtualenv
+    and the guest image.
+    """
+    with open('/proc/self/mounts') as f:
+        mounted = [line.split()[1] for line in f
+                   if line.split()[1].startswith(str(base.STATE))]
+    if mounted:
+        raise RuntimeError('still mounted after tools/cloud down: %s' %
+                           ', '.join(mounted))
+    keep = {base.VENV_BIN.parent, guest_image.IMAGE}
+    if base.STATE.is_dir():
+        for path in base.STATE.iterdir():
+            if path not in keep:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
 
 
 def upload_image(paths):

@@ -122,6 +122,7 @@ def setup_cells():
 
 
 def start_controller():
+    started = time.monotonic()
     base.write_config(NOVA_CONF, controller_config())
     setup_cells()
     # nova's WSGI app parses sys.argv with oslo.config, so gunicorn takes
@@ -133,7 +134,6 @@ def start_controller():
     for service in ('nova-conductor', 'nova-scheduler'):
         base.start(service, [base.VENV_BIN / service, '--config-file',
                              NOVA_CONF])
-    started = time.monotonic()
     base.wait_for('nova-api', lambda: base.http_up(API_URL), name='nova-api')
     base.say('nova: api, conductor and scheduler started (%.1f s)' % (
         time.monotonic() - started))
