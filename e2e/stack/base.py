@@ -30,6 +30,8 @@ import urllib.request
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATE = ROOT / '.workspace' / 'stack'
 VENV_BIN = STATE / 'venv' / 'bin'
+# Unpatched Nova 34.0.0, for the compute of the rolling-upgrade tests.
+OLD_VENV_BIN = STATE / 'venv-old' / 'bin'
 LOGS = STATE / 'logs'
 PIDS = STATE / 'pids'
 ETC = STATE / 'etc'

@@ -51,15 +51,16 @@ def up():
     subprocess.run([sys.executable, str(base.ROOT / 'tools' / 'workspace'),
                     'build'], check=True)
     venv.ensure()
+    venv.ensure_old()
     paths = guest_image.build()
     down(quiet=True)            # leftovers of an interrupted run
     reset_state()
     base.ensure_bridge()
     control.up()
-    for host in computes.HOSTS:
+    for host in computes.ALL_HOSTS:
         host.create()
     known_hosts = computes.setup_ssh()
-    for host in computes.HOSTS:
+    for host in computes.ALL_HOSTS:
         host.start_platform()
     nova.start_controller()
     nova.start_computes(known_hosts)
@@ -81,7 +82,8 @@ def reset_state():
     if mounted:
         raise RuntimeError('still mounted after tools/cloud down: %s' %
                            ', '.join(mounted))
-    keep = {base.VENV_BIN.parent, guest_image.IMAGE}
+    keep = {base.VENV_BIN.parent, base.OLD_VENV_BIN.parent,
+            guest_image.IMAGE}
     if base.STATE.is_dir():
         for path in base.STATE.iterdir():
             if path not in keep:

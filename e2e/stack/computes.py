@@ -93,11 +93,12 @@ class ComputeHost(hosts.Host):
     bridge = base.BRIDGE
     gateway = base.CONTROLLER
 
-    def __init__(self, name, address, region):
+    def __init__(self, name, address, region, venv_bin=base.VENV_BIN):
         super().__init__(name, base.STATE / 'hosts' / name, address,
                          netns='nstack-%s' % name[-1].lower(),
                          veth='nstack-%s0' % name[-1].lower())
         self.region = region
+        self.venv_bin = venv_bin        # the Nova this host runs
         self.mount_ns = NS_DIR / name
         self.uts_ns = NS_DIR / ('%s.uts' % name)
         self.namespaces = [
@@ -217,7 +218,7 @@ class ComputeHost(hosts.Host):
         hosts_file = self.root / 'hosts'
         hosts_file.write_text(''.join(
             ['127.0.0.1 localhost\n', '%s controller\n' % base.CONTROLLER] +
-            ['%s %s\n' % (h.address, h.name) for h in HOSTS]))
+            ['%s %s\n' % (h.address, h.name) for h in ALL_HOSTS]))
         self._mount('--bind', hosts_file, '/etc/hosts')
         # No DNS server is reachable from the host's network: fail lookups
         # at once (no nameserver means 127.0.0.1, which refuses).
@@ -258,7 +259,7 @@ class ComputeHost(hosts.Host):
         base.write_config(self.private('/etc/nova') / 'nova.conf',
                           nova_conf_sections)
         base.start(self.service('nova-compute'), self._in_ns(
-            base.VENV_BIN / 'nova-compute', '--config-file',
+            self.venv_bin / 'nova-compute', '--config-file',
             '/etc/nova/nova.conf'))
 
     def run_in(self, *argv, check=True):
@@ -299,6 +300,10 @@ class ComputeHost(hosts.Host):
 
 HOSTS = (ComputeHost('hostA', '10.78.0.11', 0),
          ComputeHost('hostB', '10.78.0.12', 1))
+# A compute that runs UNPATCHED Nova 34.0.0: it joins the cloud only in the
+# rolling-upgrade tests (e2e/stack/upgrade.py).
+OLD_HOST = ComputeHost('hostC', '10.78.0.13', 2, venv_bin=base.OLD_VENV_BIN)
+ALL_HOSTS = HOSTS + (OLD_HOST,)
 
 
 def setup_ssh():
@@ -309,16 +314,16 @@ def setup_ssh():
         base.run('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C',
                  'nova stack migration key', '-f', str(identity))
     pubkey = identity.with_suffix('.pub').read_text()
-    for host in HOSTS:
-        host.write_sshd_config(pubkey, [base.VENV_BIN], {})
+    for host in ALL_HOSTS:
+        host.write_sshd_config(pubkey, [host.venv_bin], {})
     known_hosts = CLIENT_DIR / 'known_hosts'
     known_hosts.write_text(''.join(
         '%s %s\n' % (host.address,
                      ' '.join(host.public_host_key().split()[:2]))
-        for host in HOSTS))
+        for host in ALL_HOSTS))
     blocks = ['# Written by tools/cloud (e2e/stack/computes.py); removed by',
               '# "tools/cloud down". Host keys are pinned, never skipped.']
-    for host in HOSTS:
+    for host in ALL_HOSTS:
         blocks += ['Host %s' % host.address, '    User root',
                    '    IdentityFile %s' % identity, '    IdentitiesOnly yes',
                    '    UserKnownHostsFile %s' % known_hosts,
@@ -329,7 +334,7 @@ def setup_ssh():
 
 
 def teardown():
-    for host in HOSTS:
+    for host in ALL_HOSTS:
         host.destroy()
     SSH_DROPIN.unlink(missing_ok=True)
     for path in ('/etc/nova', '/var/lib/nova'):

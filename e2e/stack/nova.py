@@ -88,7 +88,7 @@ def compute_config(host, known_hosts):
             'cpu_mode': 'none',
             'pmem_namespaces': computes.PMEM_NAMESPACES_OPTION,
             # Full paths: sudo runs them with its secure_path.
-            'vpmem_copy_helper': base.VENV_BIN / 'nova-vpmem-copy',
+            'vpmem_copy_helper': host.venv_bin / 'nova-vpmem-copy',
             'vpmem_copy_root_helper': 'sudo -n',
             'vpmem_copy_known_hosts_file': known_hosts,
         },
@@ -98,7 +98,7 @@ def compute_config(host, known_hosts):
         # production (rootwrap aside).
         'nova_sys_admin': {'helper_command': 'sudo -n %s --config-file '
                            '/etc/nova/nova.conf' % (
-                               base.VENV_BIN / 'privsep-helper')},
+                               host.venv_bin / 'privsep-helper')},
     })
     return sections
 
@@ -157,7 +157,7 @@ def _computes_up():
 
 
 def stop():
-    for host in computes.HOSTS:
+    for host in computes.ALL_HOSTS:
         host.stop_services()
     for service in ('nova-scheduler', 'nova-conductor', 'nova-api'):
         base.stop(service)

@@ -24,7 +24,7 @@ import unittest
 from e2e.stack import base
 from e2e.stack import cli
 
-MODULES = ('e2e.stack.test_cloud',)
+MODULES = ('e2e.stack.test_cloud', 'e2e.stack.test_upgrade')
 
 
 class MemorySampler(threading.Thread):

@@ -39,6 +39,13 @@ class ScenarioError(Exception):
     pass
 
 
+def compute_hosts():
+    """The hosts of the nova-compute services Nova knows."""
+    return base.openstack('compute', 'service', 'list', '--service',
+                          'nova-compute', '-f', 'value', '-c', 'Host'
+                          ).stdout.split()
+
+
 class Server(object):
     """One server of the tenant, seen through the CLI."""
 
@@ -48,8 +55,12 @@ class Server(object):
         self.seen_boots = set()
 
     def boot(self, flavor, host):
-        """Boot as the tenant; the other host is disabled meanwhile."""
-        others = [h.name for h in computes.HOSTS if h.name != host]
+        """Boot as the tenant on host.
+
+        Only an admin may name a host, so the other computes are disabled
+        meanwhile.
+        """
+        others = [name for name in compute_hosts() if name != host]
         for other in others:
             base.openstack('compute', 'service', 'set', '--disable',
                            other, 'nova-compute')
@@ -120,7 +131,7 @@ class Server(object):
 
 def is_zero(host_name):
     """{devpath: True when the namespace reads back all zero} of a host."""
-    host = {h.name: h for h in computes.HOSTS}[host_name]
+    host = {h.name: h for h in computes.ALL_HOSTS}[host_name]
     zero = bytes(1 << 20)
     result = {}
     for ns in host.namespaces:

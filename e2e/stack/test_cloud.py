@@ -22,20 +22,22 @@ import unittest
 from e2e.stack import scenario
 
 
-class CloudTourTestCase(unittest.TestCase):
+class StepsTestCase(unittest.TestCase):
+    """Runs the steps of ``steps_factory()`` one per test, in order."""
 
-    tour = None
+    steps_factory = None
+    steps = None
     broken = None
 
     @classmethod
     def setUpClass(cls):
-        cls.tour = scenario.Tour()
+        cls.steps = cls.steps_factory()
 
     def _run(self, step_name):
         cls = type(self)
         if cls.broken:
             self.skipTest('an earlier step failed: %s' % cls.broken)
-        step_fn = getattr(cls.tour, step_name)
+        step_fn = getattr(cls.steps, step_name)
         cls.broken = step_name          # until it passes
         step = step_fn()
         print('\n  %s: %s | %s | guest: %s' % (
@@ -44,6 +46,11 @@ class CloudTourTestCase(unittest.TestCase):
         self.assertTrue(step.ok, '%s: %s; guest line %s' % (
             step.name, step.detail, step.line))
         cls.broken = None
+
+
+class CloudTourTestCase(StepsTestCase):
+
+    steps_factory = scenario.Tour
 
     def test_1_boot(self):
         self._run('boot')

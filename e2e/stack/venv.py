@@ -20,6 +20,7 @@ the other test groups test.
 """
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,39 @@ def ensure():
                         '-q', *_pip_args()], check=True, env=env,
                        stdout=log, stderr=subprocess.STDOUT)
     stamp_file.write_text(stamp.hexdigest())
+
+
+def pristine_nova_sdist():
+    """The pinned Nova 34.0.0 sdist, as tools/workspace downloaded it."""
+    pin = json.loads((base.ROOT / 'upstream.json').read_text())['nova']
+    sdist = base.ROOT / '.workspace' / '.cache' / pin['url'].rsplit('/', 1)[1]
+    if hashlib.sha256(sdist.read_bytes()).hexdigest() != pin['sha256']:
+        raise RuntimeError('%s does not match the sha256 pinned in '
+                           'upstream.json; run tools/workspace build' % sdist)
+    return sdist
+
+
+def ensure_old():
+    """A venv with UNPATCHED Nova 34.0.0, for the rolling-upgrade tests.
+
+    Built from the same pinned sdist the workspace patches, with none of
+    our work: a compute of the release before the copy feature.
+    """
+    venv = base.OLD_VENV_BIN.parent
+    sdist = pristine_nova_sdist()
+    args = [str(sdist), '-r', str(base.ROOT / 'requirements.txt'),
+            'libvirt-python==12.8.0']
+    stamp = hashlib.sha256(' '.join(args).encode()).hexdigest()
+    stamp_file = venv / 'stack-stamp'
+    if stamp_file.exists() and stamp_file.read_text() == stamp:
+        return
+    if not (base.OLD_VENV_BIN / 'python').exists():
+        subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+    base.say('installing unpatched nova %s into %s (log %s)' % (
+        sdist.name, venv, base.LOGS / 'pip-install-old.log'))
+    base.LOGS.mkdir(parents=True, exist_ok=True)
+    with open(base.LOGS / 'pip-install-old.log', 'w') as log:
+        subprocess.run([str(base.OLD_VENV_BIN / 'python'), '-m', 'pip',
+                        'install', '-q', *args], check=True, stdout=log,
+                       stderr=subprocess.STDOUT)
+    stamp_file.write_text(stamp)
