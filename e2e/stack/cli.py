@@ -45,7 +45,8 @@ FLAVORS = (('pmem.small', 'SMALL', 1), ('pmem.large', 'LARGE', 1),
            ('pmem.large.2cpu', 'LARGE', 2))
 
 
-def up():
+def up(old_compute=False):
+    """Bring the cloud up; old_compute adds hostC on unpatched Nova."""
     started = time.monotonic()
     subprocess.run([str(base.ROOT / 'tools' / 'setup-host')], check=True)
     subprocess.run([sys.executable, str(base.ROOT / 'tools' / 'workspace'),
@@ -63,7 +64,7 @@ def up():
     for host in computes.ALL_HOSTS:
         host.start_platform()
     nova.start_controller()
-    nova.start_computes(known_hosts)
+    nova.start_computes(known_hosts, old_compute)
     upload_image(paths)
     create_flavors()
     base.say('up in %.0f s; OS_CLIENT_CONFIG_FILE=%s' % (
@@ -145,10 +146,13 @@ def main(argv=None):
         prog='tools/cloud', description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('command', choices=('up', 'down', 'status'))
+    parser.add_argument('--old-compute', action='store_true',
+                        help='with up: also hostC, a compute running '
+                             'unpatched Nova 34.0.0 (a rolling upgrade)')
     args = parser.parse_args(argv)
     if args.command == 'up':
         try:
-            up()
+            up(old_compute=args.old_compute)
         except BaseException:
             base.say('up failed; logs in %s; tearing down' % base.LOGS)
             down(quiet=True)

@@ -139,21 +139,36 @@ def start_controller():
         time.monotonic() - started))
 
 
-def start_computes(known_hosts):
-    for host in computes.HOSTS:
+def start_computes(known_hosts, old_compute=False):
+    """Start the computes; with old_compute, unpatched hostC first.
+
+    Nova refuses to register a service older than the rest of the
+    deployment (ServiceTooOld), so in a rolling upgrade the old compute is
+    the one that was there before the others were upgraded.
+    """
+    hosts = list(computes.HOSTS)
+    if old_compute:
+        computes.OLD_HOST.start_nova_compute(
+            compute_config(computes.OLD_HOST, known_hosts))
+        base.say('nova: waiting for the unpatched compute of hostC')
+        base.wait_for('the nova-compute of hostC', lambda: _computes_up(
+            [computes.OLD_HOST]), timeout=180,
+            name=computes.OLD_HOST.service('nova-compute'))
+    for host in hosts:
         host.start_nova_compute(compute_config(host, known_hosts))
-    base.say('nova: waiting for both computes to report in')
-    base.wait_for('both nova-compute services', _computes_up, timeout=180)
+    base.say('nova: waiting for the computes to report in')
+    base.wait_for('the nova-compute services', lambda: _computes_up(hosts),
+                  timeout=180)
     manage('cell_v2', 'discover_hosts', '--verbose')
 
 
-def _computes_up():
+def _computes_up(hosts):
     out = base.openstack('compute', 'service', 'list', '--service',
                          'nova-compute', '-f', 'value', '-c', 'Host',
                          '-c', 'State', check=False).stdout
     up = {line.split()[0] for line in out.splitlines()
           if line.endswith(' up')}
-    return up >= {host.name for host in computes.HOSTS}
+    return up >= {host.name for host in hosts}
 
 
 def stop():

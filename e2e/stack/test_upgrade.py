@@ -12,7 +12,8 @@
 
 """The rolling upgrade on the real cloud, one test per step.
 
-Runs after ``test_cloud`` in the same bring-up (``tools/run-cloud-tests``).
+Runs before ``test_cloud`` in the same bring-up (``tools/run-cloud-tests``
+starts the cloud with the unpatched compute when this module is selected).
 """
 
 from e2e.stack import test_cloud
@@ -23,8 +24,8 @@ class RollingUpgradeTestCase(test_cloud.StepsTestCase):
 
     steps_factory = upgrade.RollingUpgrade
 
-    def test_1_old_compute_joins(self):
-        self._run('old_compute_joins')
+    def test_1_old_compute_present(self):
+        self._run('old_compute_present')
 
     def test_2_copy_refused(self):
         self._run('copy_refused')
