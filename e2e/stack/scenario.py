@@ -39,6 +39,21 @@ class ScenarioError(Exception):
     pass
 
 
+class Progress(object):
+    """Prints a progress line about every ``every`` seconds of a wait."""
+
+    def __init__(self, every=15):
+        self.started = time.monotonic()
+        self.every = every
+        self.next = self.started + every
+
+    def __call__(self, what):
+        now = time.monotonic()
+        if now >= self.next:
+            base.say('%s (%.0f s)' % (what, now - self.started))
+            self.next = now + self.every
+
+
 def compute_hosts():
     """The hosts of the nova-compute services Nova knows."""
     return base.openstack('compute', 'service', 'list', '--service',
@@ -83,11 +98,14 @@ class Server(object):
         return self.show()['OS-EXT-SRV-ATTR:host']
 
     def wait_status(self, wanted, timeout=600):
+        progress = Progress()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = self.show()
             if info['status'] == wanted:
                 return info
+            progress('%s is %s, waiting for %s' % (
+                self.name, info['status'], wanted))
             if info['status'] == 'ERROR':
                 raise ScenarioError('%s went to ERROR: %s' % (
                     self.name, info.get('fault')))
@@ -114,12 +132,15 @@ class Server(object):
 
     def wait_guest_line(self, timeout=300):
         """The guest's line from a boot this scenario has not seen yet."""
+        progress = Progress()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = guest_image.parse_line(self.console())
             if line and line['boot'] not in self.seen_boots:
                 self.seen_boots.add(line['boot'])
                 return line
+            progress('waiting for the guest of %s to print its line' %
+                     self.name)
             time.sleep(3)
         raise ScenarioError('no new guest line from %s within %ds' % (
             self.name, timeout))
