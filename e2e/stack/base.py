@@ -22,7 +22,6 @@ import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -168,10 +167,6 @@ def write_config(path, sections):
         lines.append('')
     path.write_text('\n'.join(lines))
     return path
-
-
-def python():
-    return str(VENV_BIN / 'python') if VENV_BIN.is_dir() else sys.executable
 
 
 def is_mountpoint(path):

@@ -116,12 +116,6 @@ class ComputeHost(hosts.Host):
         """This host's directory behind a private path such as /etc/nova."""
         return self.root / path.strip('/').replace('/', '-')
 
-    def by_devpath(self, devpath):
-        for ns in self.namespaces:
-            if ns.devpath == devpath:
-                return ns
-        raise KeyError('%s is not a namespace of %s' % (devpath, self.name))
-
     # -- setting up -------------------------------------------------------
 
     def create(self):
@@ -173,18 +167,18 @@ class ComputeHost(hosts.Host):
         base.run('unshare', '--uts=%s' % self.uts_ns, 'hostname', self.name)
 
     def _mount(self, *argv):
-        base.run(*self._in_ns('mount', *[str(a) for a in argv]))
+        self.run_in('mount', *argv)
 
     def _make_dev(self):
         """A /dev with the usual devices and this host's namespaces only."""
         self._mount('-t', 'tmpfs', '-o', 'mode=0755,size=1m', 'dev', '/dev')
         for name, major, minor in DEVICES:
             if name.startswith('net/'):
-                base.run(*self._in_ns('mkdir', '-p', '/dev/net'))
-            base.run(*self._in_ns('mknod', '-m', '0666', '/dev/' + name, 'c',
-                                  str(major), str(minor)))
+                self.run_in('mkdir', '-p', '/dev/net')
+            self.run_in('mknod', '-m', '0666', '/dev/' + name, 'c', major,
+                        minor)
         for path in ('/dev/pts', '/dev/shm'):
-            base.run(*self._in_ns('mkdir', path))
+            self.run_in('mkdir', path)
         self._mount('-t', 'devpts', '-o', 'newinstance,ptmxmode=0666',
                     'devpts', '/dev/pts')
         self._mount('-t', 'tmpfs', 'shm', '/dev/shm')
@@ -192,11 +186,11 @@ class ComputeHost(hosts.Host):
                              ('stdin', '/proc/self/fd/0'),
                              ('stdout', '/proc/self/fd/1'),
                              ('stderr', '/proc/self/fd/2')):
-            base.run(*self._in_ns('ln', '-s', target, '/dev/' + link))
+            self.run_in('ln', '-s', target, '/dev/' + link)
         for ns in self.namespaces:
             with open(ns.backing, 'wb') as f:
                 f.truncate(ns.size)         # sparse: a zeroed namespace
-            base.run(*self._in_ns('touch', ns.devpath))
+            self.run_in('touch', ns.devpath)
             self._mount('--bind', ns.backing, ns.devpath)
 
     def _write_libvirt_config(self):
@@ -243,7 +237,7 @@ class ComputeHost(hosts.Host):
 
     def start_platform(self):
         """virtlogd, libvirtd and sshd: what the host runs besides Nova."""
-        base.run(*self._in_ns('mkdir', '-p', '/run/sshd'))
+        self.run_in('mkdir', '-p', '/run/sshd')
         base.start(self.service('virtlogd'), self._in_ns('virtlogd'))
         base.start(self.service('libvirtd'), self._in_ns('libvirtd'))
         base.wait_for('libvirtd of %s' % self.name, lambda: self.run_in(

@@ -31,38 +31,48 @@ REQUIREMENTS = base.ROOT / 'e2e' / 'stack' / 'requirements.txt'
 PROJECTS = ('nova', 'openstacksdk', 'python-openstackclient')
 
 
-def _pip_args():
-    args = []
-    for project in PROJECTS:
-        args += ['-e', str(base.ROOT / '.workspace' / project)]
-    return args + ['-r', str(base.ROOT / 'requirements.txt'),
-                   '-r', str(REQUIREMENTS)]
+def _install(venv_bin, args, inputs, what, log_name):
+    """Install args into the venv of venv_bin unless it is up to date.
 
-
-def ensure():
-    """Create or update the venv; do nothing when it is up to date."""
-    venv = base.VENV_BIN.parent
-    stamp = hashlib.sha256(' '.join(_pip_args()).encode())
-    stamp.update((base.ROOT / 'requirements.txt').read_bytes())
-    stamp.update(REQUIREMENTS.read_bytes())
-    for project in PROJECTS:
-        stamp.update((base.ROOT / '.workspace' / project /
-                      'setup.cfg').read_bytes())
+    The venv is up to date when the pip arguments and the files in
+    ``inputs`` (requirement files, package metadata) are what its stamp
+    recorded.
+    """
+    venv = venv_bin.parent
+    stamp = hashlib.sha256(' '.join(args).encode())
+    for path in inputs:
+        stamp.update(path.read_bytes())
     stamp_file = venv / 'stack-stamp'
     if stamp_file.exists() and stamp_file.read_text() == stamp.hexdigest():
         return
-    if not (base.VENV_BIN / 'python').exists():
+    if not (venv_bin / 'python').exists():
         subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
-    base.say('installing the services into %s (a few minutes the first '
-             'time; log %s)' % (venv, base.LOGS / 'pip-install.log'))
+    log_path = base.LOGS / log_name
+    base.say('installing %s into %s (a few minutes the first time; log %s)'
+             % (what, venv, log_path))
     base.LOGS.mkdir(parents=True, exist_ok=True)
+    # Keep pbr from rewriting the workspace trees' AUTHORS and ChangeLog.
     env = dict(os.environ, SKIP_GENERATE_AUTHORS='1',
                SKIP_WRITE_GIT_CHANGELOG='1')
-    with open(base.LOGS / 'pip-install.log', 'w') as log:
-        subprocess.run([str(base.VENV_BIN / 'python'), '-m', 'pip', 'install',
-                        '-q', *_pip_args()], check=True, env=env,
-                       stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, 'w') as log:
+        subprocess.run([str(venv_bin / 'python'), '-m', 'pip', 'install',
+                        '-q', *args], check=True, env=env, stdout=log,
+                       stderr=subprocess.STDOUT)
     stamp_file.write_text(stamp.hexdigest())
+
+
+def ensure():
+    """Create or update the services' venv (patched workspace trees)."""
+    trees = [base.ROOT / '.workspace' / project for project in PROJECTS]
+    args = []
+    for tree in trees:
+        args += ['-e', str(tree)]
+    args += ['-r', str(base.ROOT / 'requirements.txt'), '-r',
+             str(REQUIREMENTS)]
+    _install(base.VENV_BIN, args,
+             [base.ROOT / 'requirements.txt', REQUIREMENTS] +
+             [tree / 'setup.cfg' for tree in trees],
+             'the services', 'pip-install.log')
 
 
 def pristine_nova_sdist():
@@ -79,23 +89,12 @@ def ensure_old():
     """A venv with UNPATCHED Nova 34.0.0, for the rolling-upgrade tests.
 
     Built from the same pinned sdist the workspace patches, with none of
-    our work: a compute of the release before the copy feature.
+    our work: a compute of the release before the copy feature. It takes
+    the libvirt binding pin from the services' requirements.
     """
-    venv = base.OLD_VENV_BIN.parent
     sdist = pristine_nova_sdist()
-    args = [str(sdist), '-r', str(base.ROOT / 'requirements.txt'),
-            'libvirt-python==12.8.0']
-    stamp = hashlib.sha256(' '.join(args).encode()).hexdigest()
-    stamp_file = venv / 'stack-stamp'
-    if stamp_file.exists() and stamp_file.read_text() == stamp:
-        return
-    if not (base.OLD_VENV_BIN / 'python').exists():
-        subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
-    base.say('installing unpatched nova %s into %s (log %s)' % (
-        sdist.name, venv, base.LOGS / 'pip-install-old.log'))
-    base.LOGS.mkdir(parents=True, exist_ok=True)
-    with open(base.LOGS / 'pip-install-old.log', 'w') as log:
-        subprocess.run([str(base.OLD_VENV_BIN / 'python'), '-m', 'pip',
-                        'install', '-q', *args], check=True, stdout=log,
-                       stderr=subprocess.STDOUT)
-    stamp_file.write_text(stamp)
+    libvirt = [line for line in REQUIREMENTS.read_text().splitlines()
+               if line.startswith('libvirt-python')]
+    args = [str(sdist), '-r', str(base.ROOT / 'requirements.txt'), *libvirt]
+    _install(base.OLD_VENV_BIN, args, [base.ROOT / 'requirements.txt'],
+             'unpatched nova from %s' % sdist.name, 'pip-install-old.log')
