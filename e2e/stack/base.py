@@ -31,6 +31,8 @@ STATE = ROOT / '.workspace' / 'stack'
 VENV_BIN = STATE / 'venv' / 'bin'
 # Unpatched Nova 34.0.0, for the compute of the rolling-upgrade tests.
 OLD_VENV_BIN = STATE / 'venv-old' / 'bin'
+# Upstream Tempest, apart from the services it tests.
+TEMPEST_VENV_BIN = STATE / 'venv-tempest' / 'bin'
 LOGS = STATE / 'logs'
 PIDS = STATE / 'pids'
 ETC = STATE / 'etc'
@@ -136,6 +138,22 @@ def wait_for(what, probe, timeout=120, name=None):
                 name, LOGS / ('%s.log' % name)))
         time.sleep(0.5)
     raise RuntimeError('timed out after %ds waiting for %s' % (timeout, what))
+
+
+def nova_errors(limit=15):
+    """The last ERROR lines of the Nova services' logs, named by log.
+
+    A failed step prints them, so that a CI run that cannot keep the logs
+    still says why a server or a move failed.
+    """
+    lines = []
+    for log in sorted(LOGS.glob('*nova-*.log')):
+        with open(log, errors='replace') as f:
+            lines += ['%s: %s' % (log.stem, line.rstrip()[:400])
+                      for line in f if ' ERROR ' in line and
+                      # a cache backend nobody configured; harmless
+                      'oslo_cache.memcache_pool' not in line]
+    return lines[-limit:]
 
 
 def port_open(host, port):

@@ -85,6 +85,10 @@ workers = 1
 worker_class = 'gthread'
 threads = 4
 timeout = 300
+# Longer than any client's polling interval: with gunicorn's 2 s default an
+# "openstack ... --wait" that polls every 2 s races the close of its idle
+# connection and fails with "Remote end closed connection".
+keepalive = 75
 accesslog = '-'
 '''
 # neutron's port listing reads a relationship (Port.port_forwardings) that
@@ -346,6 +350,11 @@ def token(user='admin', project='admin'):
             'name': user, 'domain': domain, 'password': base.PASSWORD}}},
         'scope': {'project': {'name': project, 'domain': domain}}}})
     return headers['X-Subject-Token']
+
+
+def placement(path):
+    """GET path from placement as admin; the decoded body."""
+    return _request('GET', PLACEMENT_URL + path, auth_token=token())[1]
 
 
 class _Identity(object):

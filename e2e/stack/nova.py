@@ -159,7 +159,19 @@ def start_computes(known_hosts, old_compute=False):
     base.say('nova: waiting for the computes to report in')
     base.wait_for('the nova-compute services', lambda: _computes_up(hosts),
                   timeout=180)
+    everyone = hosts + ([computes.OLD_HOST] if old_compute else [])
+    base.say('nova: waiting for the computes\' vPMEM inventory in placement')
+    base.wait_for('the vPMEM inventory of %s' % ', '.join(
+        h.name for h in everyone), lambda: _pmem_reported(everyone),
+        timeout=180)
+    # A service is "up" as soon as its record exists, before its compute
+    # node does; discover only once every node is there, or a host stays
+    # unmapped and every build on it fails.
     manage('cell_v2', 'discover_hosts', '--verbose')
+    mapped = manage('cell_v2', 'list_hosts').stdout
+    missing = [h.name for h in everyone if ' %s ' % h.name not in mapped]
+    if missing:
+        raise RuntimeError('hosts not mapped to a cell: %s' % missing)
 
 
 def _computes_up(hosts):
@@ -169,6 +181,21 @@ def _computes_up(hosts):
     up = {line.split()[0] for line in out.splitlines()
           if line.endswith(' up')}
     return up >= {host.name for host in hosts}
+
+
+def _pmem_reported(hosts):
+    """Each host's resource provider has its vPMEM namespaces."""
+    for host in hosts:
+        providers = control.placement('/resource_providers?name=%s' %
+                                      host.name)['resource_providers']
+        if not providers:
+            return False
+        inventory = control.placement('/resource_providers/%s/inventories'
+                                      % providers[0]['uuid'])['inventories']
+        if not any(rc.startswith('CUSTOM_PMEM_NAMESPACE_')
+                   for rc in inventory):
+            return False
+    return True
 
 
 def stop():

@@ -82,8 +82,9 @@ class Server(object):
         try:
             self.id = base.openstack(
                 'server', 'create', '--flavor', flavor, '--image',
-                'vpmem-guest', '--nic', 'none', '--wait', '-f', 'value',
-                '-c', 'id', self.name, cloud='demo').stdout.strip()
+                'vpmem-guest', '--nic', 'none', '-f', 'value', '-c', 'id',
+                self.name, cloud='demo').stdout.strip()
+            self.wait_status('ACTIVE')      # an ERROR says its fault
         finally:
             for other in others:
                 base.openstack('compute', 'service', 'set', '--enable',

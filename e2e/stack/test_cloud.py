@@ -19,6 +19,7 @@ with the name of the step that failed.
 
 import unittest
 
+from e2e.stack import base
 from e2e.stack import scenario
 
 
@@ -39,13 +40,25 @@ class StepsTestCase(unittest.TestCase):
             self.skipTest('an earlier step failed: %s' % cls.broken)
         step_fn = getattr(cls.steps, step_name)
         cls.broken = step_name          # until it passes
-        step = step_fn()
+        try:
+            step = step_fn()
+        except Exception:
+            self._print_nova_errors()
+            raise
+        if not step.ok:
+            self._print_nova_errors()
         print('\n  %s: %s | %s | guest: %s' % (
             'PASS' if step.ok else 'FAIL', step.name, step.detail,
             scenario.format_line(step.line)), flush=True)
         self.assertTrue(step.ok, '%s: %s; guest line %s' % (
             step.name, step.detail, step.line))
         cls.broken = None
+
+    @staticmethod
+    def _print_nova_errors():
+        print('\n  the last ERROR lines of the Nova logs:', flush=True)
+        for line in base.nova_errors():
+            print('    %s' % line, flush=True)
 
 
 class CloudTourTestCase(StepsTestCase):
