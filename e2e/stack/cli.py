@@ -84,6 +84,7 @@ def reset_state():
         raise RuntimeError('still mounted after tools/cloud down: %s' %
                            ', '.join(mounted))
     keep = {base.VENV_BIN.parent, base.OLD_VENV_BIN.parent,
+            base.TEMPEST_VENV_BIN.parent,
             guest_image.IMAGE}
     if base.STATE.is_dir():
         for path in base.STATE.iterdir():
@@ -94,20 +95,20 @@ def reset_state():
                     path.unlink()
 
 
-def upload_image(paths):
+def upload_image(paths, name=IMAGE):
     """The guest as kernel, ramdisk and machine images, like an AMI."""
     ids = {}
-    for kind, name in (('aki', 'kernel'), ('ari', 'ramdisk')):
-        ids[name] = base.openstack(
+    for kind, part in (('aki', 'kernel'), ('ari', 'ramdisk')):
+        ids[part] = base.openstack(
             'image', 'create', '--public', '--disk-format', kind,
-            '--container-format', kind, '--file', paths[name],
-            '-f', 'value', '-c', 'id', '%s-%s' % (IMAGE, name)
+            '--container-format', kind, '--file', paths[part],
+            '-f', 'value', '-c', 'id', '%s-%s' % (name, part)
         ).stdout.strip()
     base.openstack('image', 'create', '--public', '--disk-format', 'ami',
                    '--container-format', 'ami', '--file', paths['disk'],
                    '--property', 'kernel_id=%s' % ids['kernel'],
-                   '--property', 'ramdisk_id=%s' % ids['ramdisk'], IMAGE)
-    base.say('image %s uploaded' % IMAGE)
+                   '--property', 'ramdisk_id=%s' % ids['ramdisk'], name)
+    base.say('image %s uploaded' % name)
 
 
 def create_flavors():

@@ -12,10 +12,14 @@
 
 """The ``cloud`` test group: one bring-up, the tests, and a tear-down.
 
-Prints the wall time and the machine's peak memory in use while the group
-ran, and ends with "N passed, N failed, N skipped".
+The tests are the rolling upgrade, the tour, and upstream Tempest's compute
+API tests (``tempest``), in that order; arguments pick some of them by
+unittest name or as ``tempest``. Prints the wall time and the machine's
+peak memory in use while the group ran, and ends with "N passed, N failed,
+N skipped" (each Tempest test counts as one).
 """
 
+import collections
 import sys
 import threading
 import time
@@ -23,10 +27,13 @@ import unittest
 
 from e2e.stack import base
 from e2e.stack import cli
+from e2e.stack import tempest
 
 # The upgrade first: its last step retires the unpatched compute, after
-# which the copy is allowed again for the tour.
+# which the copy is allowed again for the tour. Upstream Tempest last, on
+# the two patched computes.
 MODULES = ('e2e.stack.test_upgrade', 'e2e.stack.test_cloud')
+TEMPEST = 'tempest'
 
 
 class MemorySampler(threading.Thread):
@@ -51,34 +58,64 @@ class MemorySampler(threading.Thread):
             self.peak = max(self.peak, self.in_use())
 
 
+def _summary(counts):
+    return '%d passed, %d failed, %d skipped' % (
+        counts['passed'], counts['failed'], counts['skipped'])
+
+
+def _run_unittest(modules):
+    suite = unittest.defaultTestLoader.loadTestsFromNames(modules)
+    result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout,
+                                     failfast=False).run(suite)
+    failed = len(result.failures) + len(result.errors)
+    counts = collections.Counter(failed=failed, skipped=len(result.skipped),
+                                 passed=result.testsRun - failed -
+                                 len(result.skipped))
+    print('the upgrade and the tour: %s' % _summary(counts), flush=True)
+    return counts
+
+
+def _run_tempest():
+    """Tempest's own counts, so that each of its tests counts as one."""
+    try:
+        totals = tempest.run()
+    except Exception as e:
+        base.say('tempest did not run: %s' % e)
+        return collections.Counter(failed=1)
+    counts = collections.Counter(passed=totals.get('Passed', 0),
+                                 failed=totals.get('Failed', 0),
+                                 skipped=totals.get('Skipped', 0))
+    print('tempest: %s' % _summary(counts), flush=True)
+    return counts
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     started = time.monotonic()
     sampler = MemorySampler()
     baseline = sampler.in_use()
     sampler.start()
-    passed = failed = skipped = 0
+    counts = collections.Counter()
+    names = argv or MODULES + (TEMPEST,)
+    modules = [name for name in names if name != TEMPEST]
     try:
-        names = argv or MODULES
         cli.up(old_compute=any('test_upgrade' in name for name in names))
         base.say('cloud up after %.0f s' % (time.monotonic() - started))
-        suite = unittest.defaultTestLoader.loadTestsFromNames(names)
-        result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout,
-                                         failfast=False).run(suite)
-        failed = len(result.failures) + len(result.errors)
-        skipped = len(result.skipped)
-        passed = result.testsRun - failed - skipped
+        if modules:
+            counts.update(_run_unittest(modules))
+        if TEMPEST in names:
+            counts.update(_run_tempest())
     except Exception as e:
         base.say('the cloud did not come up: %s' % e)
-        failed += 1
+        counts['failed'] += 1
     finally:
         cli.down()
         sampler.done.set()
     print('wall time %.0f s; peak memory in use %.1f GiB (%.1f GiB before '
           'the group)' % (time.monotonic() - started, sampler.peak / 2**30,
                           baseline / 2**30))
-    print('%d passed, %d failed, %d skipped' % (passed, failed, skipped))
-    return 1 if failed else 0
+    print(_summary(counts))
+    return 1 if counts['failed'] else 0
 
 
 if __name__ == '__main__':

@@ -31,7 +31,7 @@ REQUIREMENTS = base.ROOT / 'e2e' / 'stack' / 'requirements.txt'
 PROJECTS = ('nova', 'openstacksdk', 'python-openstackclient')
 
 
-def _install(venv_bin, args, inputs, what, log_name):
+def install(venv_bin, args, inputs, what, log_name):
     """Install args into the venv of venv_bin unless it is up to date.
 
     The venv is up to date when the pip arguments and the files in
@@ -69,7 +69,7 @@ def ensure():
         args += ['-e', str(tree)]
     args += ['-r', str(base.ROOT / 'requirements.txt'), '-r',
              str(REQUIREMENTS)]
-    _install(base.VENV_BIN, args,
+    install(base.VENV_BIN, args,
              [base.ROOT / 'requirements.txt', REQUIREMENTS] +
              [tree / 'setup.cfg' for tree in trees],
              'the services', 'pip-install.log')
@@ -96,5 +96,5 @@ def ensure_old():
     libvirt = [line for line in REQUIREMENTS.read_text().splitlines()
                if line.startswith('libvirt-python')]
     args = [str(sdist), '-r', str(base.ROOT / 'requirements.txt'), *libvirt]
-    _install(base.OLD_VENV_BIN, args, [base.ROOT / 'requirements.txt'],
+    install(base.OLD_VENV_BIN, args, [base.ROOT / 'requirements.txt'],
              'unpatched nova from %s' % sdist.name, 'pip-install-old.log')
