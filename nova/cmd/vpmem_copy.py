@@ -206,7 +206,7 @@ def _nova_namespace_names():
         glob.glob(os.path.join(NOVA_CONFIG_DIR, '*.conf')))
     parser.read(files)
     value = parser.get('libvirt', 'pmem_namespaces', fallback='')
-    names = set()
+    names: set[str] = set()
     for group in filter(None, value.split(',')):
         names.update(filter(None, group.partition(':')[2].split('|')))
     if not names:

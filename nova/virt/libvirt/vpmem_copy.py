@@ -28,8 +28,8 @@ command as an argv list, and quotes the remote command for ssh.
 The framed stream of the helper is used rather than plain daxio because
 daxio exits 0 on a short input stream (a dropped ssh connection or a SIGBUS
 on the source leaves a silently truncated destination), sends zero extents
-over the wire and has no end-to-end check. :func:`daxio_pipeline` keeps the
-plain daxio pipeline of the spec for comparison.
+over the wire and has no end-to-end check (``tools/bench_vpmem_copy.py``
+measures against that pipeline).
 """
 
 import collections
@@ -40,6 +40,7 @@ import shlex
 import subprocess  # nosec: B404 argv lists only, never a shell
 import tempfile
 import time
+import typing as ty
 
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
@@ -186,13 +187,14 @@ class _Stream(object):
         self.offset = offset
         self.dest_offset = dest_offset
         self.length = length
-        self.procs = []
-        self.errs = []
+        self.procs: list[subprocess.Popen] = []
+        self.errs: list[ty.IO[bytes]] = []
         self.buf = b''
         self.done = 0
-        self.stats = None
-        self.error = None
-        self.started = self.ended = None
+        self.stats: dict[str, ty.Any] = {}
+        self.error: ty.Optional[str] = None
+        # Set by start() and when the stream ends.
+        self.started = self.ended = 0.0
 
     def start(self, transport, digest, rate, chunk_size, on_execute):
         send = transport.local(
@@ -219,7 +221,9 @@ class _Stream(object):
             sender.wait()
             raise
         finally:
-            sender.stdout.close()
+            # The receiver holds its own copy; ours would keep the pipe
+            # open after the receiver dies.
+            ty.cast(ty.IO[bytes], sender.stdout).close()
         self.procs.append(receiver)
         for proc in self.procs:
             if on_execute:
@@ -458,8 +462,8 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
         for off, length in _split(seg_len, streams, chunk_size))
     total = sum(pair.size for pair in pairs)
     deadline = time.monotonic() + timeout if timeout else None
-    running = {}
-    finished = []
+    running: dict[int, tuple[_Stream, ty.IO[bytes]]] = {}
+    finished: list[_Stream] = []
     copied = 0
     failed = None
     selector = selectors.DefaultSelector()
@@ -536,44 +540,3 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
                       rate=pair.size / max(secs, 1e-6) / 1e6))
         results.append(result)
     return results
-
-
-def daxio_pipeline(source, dest, length, host, daxio='daxio', ssh_args=(),
-                   cipher=None):
-    """Run the plain daxio pipeline of the spec, with correct flags.
-
-    ``daxio --input=SOURCE --len=N | ssh HOST daxio --output=DEST --len=N``
-
-    This is kept as the baseline for benchmarks. Production uses
-    :func:`copy_namespaces`: daxio exits 0 when its input stream ends early,
-    so a broken pipeline is only caught here by the non-zero exit of one of
-    the two processes, and not at all when the source dies quietly.
-
-    :raises: VPMEMCopyFailed if either process exits non-zero.
-    """
-    _check_path(source)
-    _check_path(dest)
-    length = int(length)
-    remote = [daxio, '--output=%s' % dest, '--len=%d' % length]
-    ssh = ['ssh', '-T', '-o', 'BatchMode=yes'] + (
-        ['-c', cipher] if cipher else []) + list(ssh_args) + [
-        '--', _check_host(host), ' '.join(shlex.quote(a) for a in remote)]
-    with tempfile.TemporaryFile() as err0, tempfile.TemporaryFile() as err1:
-        reader = subprocess.Popen(  # nosec: B603 argv list
-            [daxio, '--input=%s' % source, '--len=%d' % length],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err0)
-        try:
-            writer = subprocess.Popen(  # nosec: B603 argv list
-                ssh, stdin=reader.stdout, stdout=subprocess.DEVNULL,
-                stderr=err1)
-        finally:
-            reader.stdout.close()
-        writer.wait()
-        reader.wait()
-        for name, proc, err in (('daxio --input', reader, err0),
-                                ('ssh daxio --output', writer, err1)):
-            if proc.returncode:
-                raise exception.VPMEMCopyFailed(
-                    source=source, dest=dest, host=host,
-                    reason='%s exited with %s: %s' % (
-                        name, proc.returncode, _tail(err)))

@@ -40,7 +40,6 @@ MiB = 1024 * 1024
 SSHD = shutil.which('sshd') or '/usr/sbin/sshd'
 HOST = 'vpmem-dest'
 NOVA_ROOT = os.path.dirname(os.path.dirname(nova.__file__))
-FAKE_DAXIO = os.path.join(os.path.dirname(__file__), 'fake_daxio.py')
 
 # Test-only wrapper around the helper: in mode "truncate" or "corrupt" it
 # runs the real "send" and damages its output stream on the way; any other
@@ -417,25 +416,3 @@ class SSHDataPathTestCase(DataPathBase):
         self.check([pair], host=HOST, known_hosts=pinned)
         self.copy([pair], host=HOST, known_hosts=pinned)
         self.assertEqual(self.read(src), self.read(dst))
-
-    def test_naive_daxio_pipeline_flags_and_direction(self):
-        # Uses the daxio STAND-IN (fake_daxio.py), not PMDK's daxio.
-        size = 3 * MiB
-        src = self.namespace('src', size)
-        dst = self.namespace('dst', size)
-        original = self.read(src)
-        vpmem_copy.daxio_pipeline(src, dst, size, HOST, daxio=FAKE_DAXIO,
-                                  ssh_args=self.ssh_args)
-        self.assertEqual(original, self.read(src))
-        self.assertEqual(original, self.read(dst))
-
-    def test_naive_daxio_pipeline_misses_short_input(self):
-        # Why production does not use it: the stand-in, like daxio, exits
-        # 0 when its input ends early, so a short copy looks successful.
-        src = self.namespace('src', MiB)
-        dst = self.namespace('dst', 2 * MiB)
-        before = self.read(dst)
-        vpmem_copy.daxio_pipeline(src, dst, 2 * MiB, HOST, daxio=FAKE_DAXIO,
-                                  ssh_args=self.ssh_args)
-        self.assertEqual(self.read(src), self.read(dst)[:MiB])
-        self.assertEqual(before[MiB:], self.read(dst)[MiB:])
