@@ -450,93 +450,133 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
     """
     transport = _Transport(host, helper, root_helper, cipher, ssh_args,
                            known_hosts)
-    if not verify:
-        digest = 'none'
     for pair in pairs:
         _check_pair(pair)
     streams = max(1, int(streams))
-    rate = bandwidth // streams if bandwidth else 0
-    pending = collections.deque(
-        _Stream(pair, src_off + off, dst_off + off, length)
-        for pair in pairs for src_off, dst_off, seg_len in pair.segments()
-        for off, length in _split(seg_len, streams, chunk_size))
-    total = sum(pair.size for pair in pairs)
-    deadline = time.monotonic() + timeout if timeout else None
-    running: dict[int, tuple[_Stream, ty.IO[bytes]]] = {}
-    finished: list[_Stream] = []
-    copied = 0
-    failed = None
-    selector = selectors.DefaultSelector()
-    try:
-        while (pending or running) and not failed:
-            while pending and len(running) < streams and not failed:
-                stream = pending.popleft()
-                finished.append(stream)
-                try:
-                    out = stream.start(transport, digest, rate, chunk_size,
-                                       on_execute)
-                except OSError as e:
-                    stream.error = _('could not start the copy: %s') % e
-                    failed = stream
-                    break
-                running[out.fileno()] = (stream, out)
-                selector.register(out, selectors.EVENT_READ)
-            if failed:
-                break
-            wait = 1.0
-            if deadline:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    failed = stream = next(iter(running.values()))[0]
-                    stream.error = _('timed out after %d seconds') % timeout
-                    break
-            for key, _events in selector.select(wait):
-                stream, out = running[key.fd]
-                data = os.read(key.fd, 65536)
-                if data:
-                    copied += stream.feed(data)
-                    if progress:
-                        progress(copied, total)
-                    continue
-                selector.unregister(out)
-                out.close()
-                del running[key.fd]
-                stream.finish(on_completion)
-                if stream.error:
-                    failed = stream
-    finally:
-        for stream, out in running.values():
-            stream.kill()
-            selector.unregister(out)
-            out.close()
-            stream.finish(on_completion)
-        selector.close()
-
-    gap_failure = None if failed else _zero_gaps(pairs, transport, deadline)
-    if gap_failure:
-        pair = gap_failure[0]
-        failed = next(s for s in finished if s.pair is pair)
-        failed.error = gap_failure[1]
+    run = _CopyRun(
+        transport, streams, digest='none' if not verify else digest,
+        rate=bandwidth // streams if bandwidth else 0, chunk_size=chunk_size,
+        deadline=time.monotonic() + timeout if timeout else None,
+        on_execute=on_execute, on_completion=on_completion)
+    run.copy(pairs, progress, timeout)
+    failed = run.failed
+    if not failed:
+        gap_failure = _zero_gaps(pairs, transport, run.deadline)
+        if gap_failure:
+            failed = next(s for s in run.finished if s.pair is gap_failure[0])
+            failed.error = gap_failure[1]
     if failed:
         exc = exception.VPMEMCopyFailed(
             source=failed.pair.source, dest=failed.pair.dest,
             host=host or 'localhost', reason=failed.error)
-        exc.touched = list(dict.fromkeys(s.pair.dest for s in finished))
+        exc.touched = list(dict.fromkeys(s.pair.dest for s in run.finished))
         raise exc
+    return [_pair_result(pair, run.finished, host) for pair in pairs]
 
-    results = []
-    for pair in pairs:
-        mine = [s for s in finished if s.pair is pair]
-        secs = max(s.ended for s in mine) - min(s.started for s in mine)
-        skipped = sum(s.stats['zero_bytes'] for s in mine)
-        result = {'source': pair.source, 'dest': pair.dest,
-                  'bytes': pair.size, 'zero_bytes': skipped,
-                  'seconds': secs,
-                  'digest': mine[0].stats['digest']}
-        LOG.info('Copied vPMEM namespace %(source)s to %(host)s:%(dest)s: '
-                 '%(bytes)d bytes, %(zero_bytes)d of them zero and not sent, '
-                 '%(seconds).1f s, %(rate).0f MB/s, digest %(digest)s',
-                 dict(result, host=host or 'localhost',
-                      rate=pair.size / max(secs, 1e-6) / 1e6))
-        results.append(result)
-    return results
+
+def _pair_result(pair, finished, host):
+    """The statistics of one copied pair, logged as they are returned."""
+    mine = [s for s in finished if s.pair is pair]
+    secs = max(s.ended for s in mine) - min(s.started for s in mine)
+    result = {'source': pair.source, 'dest': pair.dest, 'bytes': pair.size,
+              'zero_bytes': sum(s.stats['zero_bytes'] for s in mine),
+              'seconds': secs, 'digest': mine[0].stats['digest']}
+    LOG.info('Copied vPMEM namespace %(source)s to %(host)s:%(dest)s: '
+             '%(bytes)d bytes, %(zero_bytes)d of them zero and not sent, '
+             '%(seconds).1f s, %(rate).0f MB/s, digest %(digest)s',
+             dict(result, host=host or 'localhost',
+                  rate=pair.size / max(secs, 1e-6) / 1e6))
+    return result
+
+
+class _CopyRun(object):
+    """The streams of one copy, at most ``streams`` of them at a time.
+
+    One thread reads every stream's statistics through a selector; the
+    first stream that fails, or the deadline, stops them all.
+    """
+
+    def __init__(self, transport, streams, digest, rate, chunk_size,
+                 deadline, on_execute, on_completion):
+        self.transport = transport
+        self.streams = streams
+        self.digest = digest
+        self.rate = rate
+        self.chunk_size = chunk_size
+        self.deadline = deadline
+        self.on_execute = on_execute
+        self.on_completion = on_completion
+        self.running: dict[int, tuple[_Stream, ty.IO[bytes]]] = {}
+        self.finished: list[_Stream] = []
+        self.failed: ty.Optional[_Stream] = None
+        self.selector = selectors.DefaultSelector()
+
+    def copy(self, pairs, progress, timeout):
+        pending = collections.deque(
+            _Stream(pair, src_off + off, dst_off + off, length)
+            for pair in pairs
+            for src_off, dst_off, seg_len in pair.segments()
+            for off, length in _split(seg_len, self.streams,
+                                      self.chunk_size))
+        total = sum(pair.size for pair in pairs)
+        copied = 0
+        try:
+            while (pending or self.running) and not self.failed:
+                self._start(pending)
+                wait = self._wait(timeout) if not self.failed else 0
+                if self.failed:
+                    break
+                for key, _events in self.selector.select(wait):
+                    copied += self._read(key.fd)
+                    if progress:
+                        progress(copied, total)
+        finally:
+            self._stop_running()
+            self.selector.close()
+
+    def _start(self, pending):
+        while pending and len(self.running) < self.streams:
+            stream = pending.popleft()
+            self.finished.append(stream)
+            try:
+                out = stream.start(self.transport, self.digest, self.rate,
+                                   self.chunk_size, self.on_execute)
+            except OSError as e:
+                stream.error = _('could not start the copy: %s') % e
+                self.failed = stream
+                return
+            self.running[out.fileno()] = (stream, out)
+            self.selector.register(out, selectors.EVENT_READ)
+
+    def _wait(self, timeout):
+        """Seconds to wait for output; 0 after the deadline, failing."""
+        if not self.deadline:
+            return 1.0
+        wait = min(1.0, self.deadline - time.monotonic())
+        if wait <= 0:
+            self.failed = next(iter(self.running.values()))[0]
+            self.failed.error = _('timed out after %d seconds') % timeout
+            return 0
+        return wait
+
+    def _read(self, fd):
+        """Feed a stream's output; reap it at its end. Bytes copied."""
+        stream, out = self.running[fd]
+        data = os.read(fd, 65536)
+        if data:
+            return stream.feed(data)
+        self._reap(fd)
+        if stream.error and not self.failed:
+            self.failed = stream
+        return 0
+
+    def _reap(self, fd):
+        stream, out = self.running.pop(fd)
+        self.selector.unregister(out)
+        out.close()
+        stream.finish(self.on_completion)
+
+    def _stop_running(self):
+        for fd, (stream, _out) in list(self.running.items()):
+            stream.kill()
+            self._reap(fd)
