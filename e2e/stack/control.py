@@ -352,9 +352,9 @@ def token(user='admin', project='admin'):
     return headers['X-Subject-Token']
 
 
-def placement(path):
-    """GET path from placement as admin; the decoded body."""
-    return _request('GET', PLACEMENT_URL + path, auth_token=token())[1]
+def placement(path, auth_token):
+    """GET path from placement with auth_token; the decoded body."""
+    return _request('GET', PLACEMENT_URL + path, auth_token=auth_token)[1]
 
 
 class _Identity(object):

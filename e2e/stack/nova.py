@@ -185,13 +185,15 @@ def _computes_up(hosts):
 
 def _pmem_reported(hosts):
     """Each host's resource provider has its vPMEM namespaces."""
+    token = control.token()         # one per poll, not one per request
     for host in hosts:
         providers = control.placement('/resource_providers?name=%s' %
-                                      host.name)['resource_providers']
+                                      host.name, token)['resource_providers']
         if not providers:
             return False
-        inventory = control.placement('/resource_providers/%s/inventories'
-                                      % providers[0]['uuid'])['inventories']
+        inventory = control.placement(
+            '/resource_providers/%s/inventories' % providers[0]['uuid'],
+            token)['inventories']
         if not any(rc.startswith('CUSTOM_PMEM_NAMESPACE_')
                    for rc in inventory):
             return False
