@@ -110,15 +110,44 @@ class WorkspaceToolTest(unittest.TestCase):
         self.commit_change()
         self.export()
 
-        patches = sorted((self.root / 'patches' / 'demo').iterdir())
-        self.assertEqual(['0001-Fix-the-answer.patch'],
-                         [p.name for p in patches])
-        patch = patches[0].read_text()
+        patch_dir = self.root / 'patches' / 'demo'
+        self.assertEqual(['0001-Fix-the-answer.patch', 'new-files'],
+                         sorted(p.name for p in patch_dir.iterdir()))
+        patch = (patch_dir / '0001-Fix-the-answer.patch').read_text()
         self.assertIn('+    return 42', patch)
         self.assertNotIn('extra.py', patch)
         self.assertEqual('EXTRA = True\n',
                          (self.root / 'demo' / 'extra.py').read_text())
         self.assertFalse((self.root / 'demo' / 'core.py').exists())
+        self.assertIn('0001-Fix-the-answer.patch demo/extra.py\n',
+                      (patch_dir / 'new-files').read_text())
+
+    def test_build_adds_new_files_to_the_patch_that_introduced_them(self):
+        self.build()
+        self.commit_change()
+        self.export()
+        (self.root / 'demo' / 'later.py').write_text('LATER = 1\n')
+
+        self.build(discard=True)
+
+        log = git(self.tree, 'log', '--format=%s', 'upstream..').split('\n')
+        self.assertEqual(['Add downstream overlay files', 'Fix the answer'],
+                         log[:2])
+        in_patch = git(self.tree, 'show', '--name-only', '--format=',
+                       'HEAD~1').split()
+        self.assertEqual(['demo/core.py', 'demo/extra.py'], sorted(in_patch))
+        self.assertEqual(['demo/later.py'], git(
+            self.tree, 'show', '--name-only', '--format=', 'HEAD').split())
+
+    def test_new_files_naming_a_missing_file_is_an_error(self):
+        self.build()
+        self.commit_change()
+        self.export()
+        (self.root / 'demo' / 'extra.py').unlink()
+
+        with self.assertRaisesRegex(workspace.WorkspaceError,
+                                    'demo/extra.py'):
+            self.build(discard=True)
 
     def test_round_trip_changes_nothing(self):
         self.build()
@@ -206,7 +235,7 @@ class WorkspaceToolTest(unittest.TestCase):
         self.build()
         self.commit_change()
         self.export()
-        patch = next((self.root / 'patches' / 'demo').iterdir())
+        patch = self.root / 'patches' / 'demo' / '0001-Fix-the-answer.patch'
         text = patch.read_text()
         self.assertIn('-    return 41', text)
         patch.write_text(text.replace('-    return 41', '-    return 40'))
