@@ -33,11 +33,13 @@ The class is a Nova functional TestCase because Nova's fixtures and helpers
 demo uses it through start()/stop(); the tests through setUp/cleanUp.
 """
 
+import contextlib
 import functools
 import json
 import os
 import pathlib
 import socket
+import threading
 
 # Nova's services run under eventlet here, as in its functional tests, so
 # the HTTP listener is an eventlet one.
@@ -85,10 +87,52 @@ def configure_copy_options(flags, env):
         'vpmem_copy_ssh_cipher': 'aes128-gcm@openssh.com',
         'vpmem_copy_timeout': env.copy_timeout,
     }
+    wanted.update(env.copy_options)
     known = {opt for opt in CONF.libvirt}
     for name, value in wanted.items():
         if name in known:
             flags(**{name: value, 'group': 'libvirt'})
+
+
+class HostEnvironment(object):
+    """Puts one host's variables in the process environment at a time.
+
+    Both computes live in this process, and the helper processes a driver
+    starts locally inherit the process environment, which must be their
+    host's (allow-list, faults). Calls of one host run together; a call of
+    the other host waits until they all returned.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._host = None
+        self._calls = 0
+        self._saved = {}
+
+    @contextlib.contextmanager
+    def on(self, host):
+        with self._cond:
+            while self._calls and self._host is not host:
+                self._cond.wait()
+            if not self._calls:
+                self._host = host
+                self._saved = {k: os.environ.get(k)
+                               for k in host.environment}
+                os.environ.update(host.environment)
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._calls -= 1
+                if not self._calls:
+                    for key, value in self._saved.items():
+                        if value is None:
+                            os.environ.pop(key, None)
+                        else:
+                            os.environ[key] = value
+                    self._host = None
+                    self._cond.notify_all()
 
 
 class KeystoneStandIn(object):
@@ -143,6 +187,7 @@ class NovaCloud(integrated_helpers.LibvirtProviderUsageBaseTestCase):
     def setUp(self):
         super().setUp()
         env = self.env
+        self.host_environment = HostEnvironment()
         self.flags(pmem_namespaces=ns_mod.PMEM_NAMESPACES_OPTION,
                    group='libvirt')
         self.flags(instances_path=str(env.base / 'instances'))
@@ -241,21 +286,11 @@ class NovaCloud(integrated_helpers.LibvirtProviderUsageBaseTestCase):
         driver.spawn = self._spawn_on(driver)
 
         # The local copy helper must see this host's allow-list and faults.
-        # Only one move runs at a time in this environment, so setting the
-        # process environment around the call is safe here.
         def on_host(method):
             @functools.wraps(method)
             def wrapper(*args, **kwargs):
-                saved = {k: os.environ.get(k) for k in host.environment}
-                os.environ.update(host.environment)
-                try:
+                with self.host_environment.on(host):
                     return method(*args, **kwargs)
-                finally:
-                    for key, value in saved.items():
-                        if value is None:
-                            os.environ.pop(key, None)
-                        else:
-                            os.environ[key] = value
             return wrapper
 
         for name in ('migrate_disk_and_power_off', 'finish_migration',

@@ -35,11 +35,13 @@ E2E_BIN = pathlib.Path(__file__).resolve().parent / 'bin'
 class Environment(object):
 
     def __init__(self, base=DEFAULT_BASE, namespace_mib=64, streams=2,
-                 copy_timeout=0, use_netns=None):
+                 copy_timeout=0, use_netns=None, copy_options=None):
         self.base = pathlib.Path(base)
         self.namespace_size = namespace_mib * MIB
         self.streams = streams
         self.copy_timeout = copy_timeout
+        # More [libvirt] options of the copy, set before the computes start.
+        self.copy_options = dict(copy_options or {})
         self.faults_dir = self.base / 'faults'
         venv_bin = pathlib.Path(sys.executable).parent
         self.helper_path = venv_bin / 'nova-vpmem-copy'

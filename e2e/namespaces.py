@@ -40,8 +40,10 @@ ALIGN = 2 * 1024 * 1024
 MIB = 1024 * 1024
 # label -> namespace names; the same names on both hosts because
 # [libvirt]pmem_namespaces is process-wide, only the device paths differ.
-LAYOUT = (('SMALL', 'ns_0'), ('SMALL', 'ns_1'), ('LARGE', 'ns_2'))
-PMEM_NAMESPACES_OPTION = 'SMALL:ns_0|ns_1,LARGE:ns_2'
+# Four SMALL namespaces, so that four servers can leave one host at once.
+LAYOUT = (('SMALL', 'ns_0'), ('SMALL', 'ns_1'), ('LARGE', 'ns_2'),
+          ('SMALL', 'ns_3'), ('SMALL', 'ns_4'))
+PMEM_NAMESPACES_OPTION = 'SMALL:ns_0|ns_1|ns_3|ns_4,LARGE:ns_2'
 
 
 def punch_hole(fd, offset, length):

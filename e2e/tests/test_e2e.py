@@ -30,7 +30,10 @@ the copy helper) are skipped with the reason when it is absent.
 Run (as root, from the repo root):  tools/run-e2e-tests
 """
 
+import concurrent.futures
 import os
+import threading
+import time
 import unittest
 import warnings
 
@@ -66,6 +69,7 @@ class E2ETestCase(unittest.TestCase):
     """One fresh environment per test, with a server on host A."""
 
     copy_timeout = 0
+    copy_options = {}
     needs_copy = False
 
     def setUp(self):
@@ -73,7 +77,8 @@ class E2ETestCase(unittest.TestCase):
         if os.geteuid() != 0:
             self.skipTest('needs root (network namespaces, sshd, mounts)')
         self.env = environment.Environment(namespace_mib=NAMESPACE_MIB,
-                                           copy_timeout=self.copy_timeout)
+                                           copy_timeout=self.copy_timeout,
+                                           copy_options=self.copy_options)
         if self.needs_copy:
             # Checked before building anything; checked again against the
             # running API below.
@@ -456,6 +461,93 @@ class TestCopyFaults(E2ETestCase):
         self.assertEqual(self.src_digest,
                          ns_mod.digest(namespaces[0].backing,
                                        self.src_ns.size))
+
+
+class SendWatcher(object):
+    """Counts the helper's ``send`` processes on this machine over time."""
+
+    def __init__(self):
+        self.most = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self):
+        import psutil
+        while not self._done.is_set():
+            sends = 0
+            for proc in psutil.process_iter(['cmdline']):
+                cmdline = proc.info['cmdline'] or []
+                if 'send' in cmdline and any(
+                        arg.endswith('nova-vpmem-copy') for arg in cmdline):
+                    sends += 1
+            self.most = max(self.most, sends)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+
+
+class TestHostCopyLimits(E2ETestCase):
+    """Four servers leave one host at once, within its copy limits."""
+
+    needs_copy = True
+    copy_options = {
+        'vpmem_copy_max_concurrent': 2,
+        # 6 MiB of data per server at 1 MiB/s: the moves overlap.
+        'vpmem_copy_bandwidth': 1,
+    }
+
+    def setUp(self):
+        super().setUp()
+        self.require_copy()
+
+    def copy_waits(self, server_id):
+        """The compute_vpmem_copy_wait events of the server's actions."""
+        api = self.cloud.admin_api
+        actions = api.api_get('/servers/%s/os-instance-actions' %
+                              server_id).body['instanceActions']
+        return [event for action in actions
+                for event in api.api_get(
+                    '/servers/%s/os-instance-actions/%s' % (
+                        server_id, action['request_id'])
+                ).body['instanceAction'].get('events', [])
+                if event['event'] == 'compute_vpmem_copy_wait']
+
+    def test_four_servers_leave_one_host_at_once(self):
+        digests = {self.server: self.src_digest}
+        for seed in (2, 3, 4):
+            server = self.sc.boot(self.env.a)
+            _, written = self.sc.write_pattern(server, seed=seed)
+            digests[server] = written[0][1]
+
+        with SendWatcher() as sends, \
+                concurrent.futures.ThreadPoolExecutor(4) as pool:
+            moves = dict(zip(digests, pool.map(
+                lambda server: self.sc.migrate(server, copy=True),
+                digests)))
+
+        # Never more than the host's two copies of env.streams streams.
+        self.assertGreater(sends.most, 0)
+        self.assertLessEqual(sends.most, 2 * self.env.streams)
+        waited = [server for server in digests if self.copy_waits(server)]
+        self.assertGreaterEqual(len(waited), 1, 'no move waited for a copy')
+        for server, (migration, _) in moves.items():
+            self.assertEqual('finished', migration['status'],
+                             self.sc.fault_message(server))
+            _, old, dest, new = self.cloud.migration_namespaces(
+                server, migration)
+            self.assertEqual('hostB', dest.name)
+            self.assertEqual(digests[server],
+                             ns_mod.digest(new[0].backing, old[0].size))
+            self.sc.confirm(server)
+            self.assertTrue(ns_mod.is_zero(old[0].backing, old[0].size))
+            self.assertEqual(digests[server],
+                             ns_mod.digest(new[0].backing, old[0].size))
 
 
 class TestCopyTimeout(E2ETestCase):
