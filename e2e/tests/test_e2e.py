@@ -40,6 +40,8 @@ import warnings
 warnings.filterwarnings('ignore')
 os.environ.setdefault('OS_NOVA_DISABLE_EVENTLET_PATCHING', 'False')
 
+import psutil  # noqa: E402
+
 from nova import context as nova_context  # noqa: E402 (monkey patches)
 from nova import exception  # noqa: E402
 
@@ -472,7 +474,6 @@ class SendWatcher(object):
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self):
-        import psutil
         while not self._done.is_set():
             sends = 0
             for proc in psutil.process_iter(['cmdline']):
