@@ -26,6 +26,11 @@ Subcommands:
     Read a byte range of a namespace and write it to stdout as a framed
     stream: all-zero chunks become small ZERO records, other chunks DATA
     records with a per-chunk digest, and an END record carries the counts.
+    With ``--live`` it may read a namespace that a running guest maps (the
+    first pass of a pre-copy); only ``send`` has that mode, and it only
+    reads. With ``--with-record`` it reads from stdin the digests of what
+    an earlier pass left on the destination, and sends a chunk whose
+    digest is unchanged as a SAME record without its data.
 ``receive``
     Write a framed stream from stdin into a byte range of a namespace. Chunks
     announced as zero are checked and zeroed only if needed, every DATA chunk
@@ -33,7 +38,10 @@ Subcommands:
     exits non-zero on a truncated or corrupted stream or a missing END. The
     range may start at another offset than the one it was read from
     (``--source-offset``): a guest's label area moves to the end of a larger
-    namespace.
+    namespace. A SAME record is checked against the destination's own chunk;
+    one that does not match is listed as stale in the final report, for the
+    caller to send again. ``--record`` prints the digest of every DATA
+    chunk that landed, which is the record of a pre-copy's first pass.
 ``zero``
     Zero a namespace, or a byte range of it.
 ``check``
@@ -82,16 +90,25 @@ import time
 # range length and chunk size. Each record is RECORD_HDR: kind, offset
 # (relative to the range), length, digest; DATA records are followed by
 # ``length`` bytes. END carries the number of bytes covered in ``offset`` and
-# the number of chunk records in ``length``.
-PROTOCOL = 1
+# the number of chunk records in ``length``. SAME records carry only the
+# digest of a chunk the destination already holds.
+PROTOCOL = 2
 MAGIC = b'NVPMCP%d\n' % PROTOCOL
 STREAM_HDR = struct.Struct('<16sQQI')
-RECORD_HDR = struct.Struct('<BQI16s')
-DATA, ZERO, END = 1, 2, 255
+DIGEST_SIZE = 32
+RECORD_HDR = struct.Struct('<BQI%ds' % DIGEST_SIZE)
+DATA, ZERO, SAME, END = 1, 2, 3, 255
+# The record of an earlier pass (send --with-record, on stdin): RECORD_MAGIC,
+# a STREAM_HDR for the range it covers, then one digest per chunk of the
+# range, all zero bytes for a chunk it has none for.
+RECORD_MAGIC = b'NVPMRC%d\n' % PROTOCOL
+NO_DIGEST = bytes(DIGEST_SIZE)
 
 DEFAULT_CHUNK = 1024 * 1024
 MAX_CHUNK = 64 * 1024 * 1024
 PROGRESS_EVERY = 64 * 1024 * 1024
+# Seconds zero waits for other helpers to let go of the device.
+HELPER_EXIT_WAIT = 30
 NAMESPACES_ENV = 'NOVA_VPMEM_COPY_NAMESPACES'
 # Programs run as root come from these directories only, whatever PATH the
 # caller had.
@@ -123,7 +140,12 @@ class HelperError(Exception):
 # Digests by name, fastest first, with the module that provides them (None
 # for the standard library). Modules are imported only when used, to keep
 # the start of every stream short.
-_DIGEST_MODULES = {'xxh3_64': 'xxhash', 'blake3': 'blake3', 'blake2b': None}
+_DIGEST_MODULES = {'xxh3_64': 'xxhash', 'blake3': 'blake3', 'sha256': None,
+                   'blake2b': None}
+# The digests a SAME record may rely on. The guest controls the data, so two
+# chunks with the same digest must not be craftable: 256-bit cryptographic
+# digests only.
+CRYPTO_DIGESTS = ('blake3', 'sha256', 'blake2b')
 
 
 def available_digests():
@@ -142,15 +164,18 @@ def _digest_function(name):
         return lambda data: xxhash.xxh3_64(data).digest()
     if name == 'blake3':
         import blake3
-        return lambda data: blake3.blake3(data).digest(length=16)
-    return lambda data: hashlib.blake2b(data, digest_size=16).digest()
+        return lambda data: blake3.blake3(data).digest(length=DIGEST_SIZE)
+    if name == 'sha256':
+        return lambda data: hashlib.sha256(data).digest()
+    return lambda data: hashlib.blake2b(data,
+                                        digest_size=DIGEST_SIZE).digest()
 
 
 def _digest(name, view):
-    """Digest of view, padded to the 16 bytes of a record header."""
+    """Digest of view, padded to the DIGEST_SIZE bytes of a record."""
     if name == 'none':
-        return bytes(16)
-    return _digest_function(name)(view).ljust(16, b'\0')
+        return NO_DIGEST
+    return _digest_function(name)(view).ljust(DIGEST_SIZE, b'\0')
 
 
 # -- namespace allow-list ----------------------------------------------------
@@ -233,11 +258,13 @@ def _maps(pid, path):
         return False
 
 
-def _user_of(path):
+def _user_of(path, helpers=False):
     """Return the pid of another process that has path open, if any.
 
     A namespace that a running guest (QEMU) has open or mapped must never
-    be read or written by a copy.
+    be read or written by a copy. Other helpers are ignored (parallel
+    streams of one copy use the same device), or with ``helpers`` they are
+    the only processes looked for.
     """
     me = str(os.getpid())
     for pid in os.listdir('/proc'):
@@ -250,8 +277,9 @@ def _user_of(path):
                 cmdline = f.read()
         except OSError:
             continue
-        # Parallel streams of one copy use the same device.
-        if b'nova-vpmem-copy' in cmdline or b'nova.cmd.vpmem_copy' in cmdline:
+        is_helper = (b'nova-vpmem-copy' in cmdline or
+                     b'nova.cmd.vpmem_copy' in cmdline)
+        if is_helper != helpers:
             continue
         for fd in fds:
             try:
@@ -394,37 +422,98 @@ def _is_zero(view, zero):
 
 # -- subcommands -------------------------------------------------------------
 
-def send(device, offset, length, chunk, digest, rate, out_fd=1):
-    ns, length = _check_device(device, offset, length)
+def _read_record(in_fd, digest, offset, length, chunk):
+    """Read the record of an earlier pass: one digest or None per chunk.
+
+    Any doubt means no record, and so every chunk is sent: a record for
+    another range, chunk size or digest, or a truncated one.
+    """
+    count = -(-length // chunk)
+    expected = RECORD_MAGIC + STREAM_HDR.pack(digest.encode(), offset,
+                                              length, chunk)
+    data = bytearray(len(expected) + count * DIGEST_SIZE)
+    got = _read_exact(in_fd, memoryview(data))
+    if got < len(data) or data[:len(expected)] != expected:
+        sys.stderr.write('nova-vpmem-copy send: the record on stdin does '
+                         'not match this range, sending every chunk\n')
+        return [None] * count
+    digests = data[len(expected):]
+    return [None if d == NO_DIGEST else d for d in (
+        bytes(digests[i:i + DIGEST_SIZE])
+        for i in range(0, len(digests), DIGEST_SIZE))]
+
+
+def _send_chunk(out_fd, pos, view, zero, digest, recorded):
+    if _is_zero(view, zero):
+        _write_all(out_fd, RECORD_HDR.pack(ZERO, pos, len(view), b''))
+        return
+    chunk_digest = _digest(digest, view)
+    if chunk_digest == recorded:
+        # The destination holds this chunk already; it checks that it does.
+        _write_all(out_fd, RECORD_HDR.pack(SAME, pos, len(view),
+                                           chunk_digest))
+    else:
+        _write_all(out_fd, RECORD_HDR.pack(DATA, pos, len(view),
+                                           chunk_digest))
+        _write_all(out_fd, view)
+
+
+def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
+         record_fd=None, stop_after=0):
+    """Send a range of a namespace as a framed stream.
+
+    :param live: the range may be in use by a running guest: read it anyway
+        (this is the only call that may), through a private copy of each
+        chunk so that its digest matches the bytes sent.
+    :param record_fd: read the record of an earlier pass from this fd.
+    :param stop_after: end the stream early, at a chunk boundary, after this
+        many seconds (0: never); only a ``--precopy`` receiver accepts that.
+    """
+    if record_fd is not None and digest not in CRYPTO_DIGESTS:
+        raise HelperError(EXIT_USAGE, 'a record needs one of the digests %s'
+                          % ', '.join(CRYPTO_DIGESTS))
+    ns, length = _check_device(device, offset, length, allow_in_use=live)
+    record = (_read_record(record_fd, digest, offset, length, chunk)
+              if record_fd is not None else None)
     _prepare_pipe(out_fd)
     dev = _Mapping(device, offset, length, ns['align'], writable=False)
     zero = bytes(chunk)
+    snapshot = memoryview(bytearray(chunk)) if live else None
     records = 0
     start = time.monotonic()
     try:
         _write_all(out_fd, MAGIC + STREAM_HDR.pack(
             digest.encode(), offset, length, chunk))
         for pos in range(0, length, chunk):
+            if stop_after and time.monotonic() - start > stop_after:
+                break
+            recorded = record[records] if record else None
             with dev.view[pos:pos + chunk] as view:
-                if _is_zero(view, zero):
-                    _write_all(out_fd, RECORD_HDR.pack(
-                        ZERO, pos, len(view), b''))
-                else:
-                    _write_all(out_fd, RECORD_HDR.pack(
-                        DATA, pos, len(view), _digest(digest, view)))
-                    _write_all(out_fd, view)
+                if snapshot is not None:
+                    # The guest may write to the chunk while it is sent.
+                    snapshot[:len(view)] = view
+                    view = snapshot[:len(view)]
+                _send_chunk(out_fd, pos, view, zero, digest, recorded)
             records += 1
             if rate:
                 ahead = min(pos + chunk, length) / rate - (
                     time.monotonic() - start)
                 if ahead > 0:
                     time.sleep(ahead)
-        _write_all(out_fd, RECORD_HDR.pack(END, length, records, b''))
+        _write_all(out_fd, RECORD_HDR.pack(
+            END, min(records * chunk, length), records, b''))
     finally:
         dev.close()
 
 
-def receive(device, offset, length, in_fd=0, out=None, source_offset=None):
+def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
+            precopy=False):
+    """Write a framed stream into a range of a namespace.
+
+    :param precopy: this is the first pass of a pre-copy: print ``chunk POS
+        LEN DIGEST`` for every DATA chunk that landed (the pass's record),
+        and accept a stream that ends before the end of the range.
+    """
     out = out or sys.stdout
     if source_offset is None:
         source_offset = offset
@@ -451,7 +540,7 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None):
     zero = bytes(chunk)
     stats = {'device': device, 'offset': offset, 'length': length,
              'digest': digest, 'data_bytes': 0, 'zero_bytes': 0,
-             'zero_filled_bytes': 0}
+             'zero_filled_bytes': 0, 'same_bytes': 0, 'stale': []}
     pos = records = 0
     next_progress = PROGRESS_EVERY
     rec = bytearray(RECORD_HDR.size)
@@ -462,13 +551,15 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None):
                                   '%d of %d (no END record)' % (pos, length))
             kind, r_off, r_len, r_digest = RECORD_HDR.unpack(rec)
             if kind == END:
+                if precopy and r_off < length:
+                    length = stats['length'] = pos
                 if (r_off, r_len) != (length, records) or pos != length:
                     raise HelperError(EXIT_PROTOCOL, 'END record says %d '
                                       'bytes in %d chunks, received %d bytes '
                                       'in %d chunks' % (r_off, r_len, pos,
                                                         records))
                 break
-            if (kind not in (DATA, ZERO) or r_off != pos or
+            if (kind not in (DATA, ZERO, SAME) or r_off != pos or
                     not 0 < r_len <= chunk or pos + r_len > length):
                 raise HelperError(EXIT_PROTOCOL, 'unexpected record kind %d '
                                   'at %d+%d, expected offset %d' % (
@@ -486,6 +577,17 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None):
                                           'does not match its digest' %
                                           (offset + pos))
                     stats['data_bytes'] += r_len
+                    if precopy:
+                        out.write('chunk %d %d %s\n' % (pos, r_len,
+                                                        r_digest.hex()))
+                elif kind == SAME:
+                    if digest not in CRYPTO_DIGESTS:
+                        raise HelperError(EXIT_PROTOCOL, 'SAME record in a '
+                                          '%s stream' % digest)
+                    # A stale record: the caller sends the chunk again.
+                    if _digest(digest, view) != r_digest:
+                        stats['stale'].append([pos, r_len])
+                    stats['same_bytes'] += r_len
                 else:
                     # The destination is not trusted to be zero already.
                     if not _is_zero(view, zero):
@@ -505,9 +607,26 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None):
     out.flush()
 
 
+def _wait_for_helpers(device, timeout=HELPER_EXIT_WAIT):
+    """Wait until no other helper has the device open.
+
+    A receiver whose caller was killed still writes what its stream had
+    buffered; zeroing must not run before it (a copy's rollback zeroes its
+    destinations right after stopping the copy).
+    """
+    deadline = time.monotonic() + timeout
+    while _user_of(device, helpers=True):
+        if time.monotonic() > deadline:
+            raise HelperError(EXIT_DENIED, '%s is still used by another '
+                              'nova-vpmem-copy after %d seconds' % (
+                                  device, timeout))
+        time.sleep(0.1)
+
+
 def zero(device, out=None, offset=0, length=None):
     out = out or sys.stdout
     ns, length = _check_device(device, offset, length)
+    _wait_for_helpers(os.path.realpath(device))
     dev = _Mapping(device, offset, length, ns['align'], writable=True)
     chunk = DEFAULT_CHUNK
     zeroes = bytes(chunk)
@@ -553,12 +672,25 @@ def _parser():
     sub.choices['receive'].add_argument(
         '--source-offset', type=int,
         help='offset the stream was read from (default: --offset)')
+    sub.choices['receive'].add_argument(
+        '--precopy', action='store_true',
+        help='first pass of a pre-copy: print the digest of every DATA '
+             'chunk that landed, accept a stream that ends early')
     send_cmd = sub.choices['send']
     send_cmd.add_argument('--chunk-size', type=int, default=DEFAULT_CHUNK)
     send_cmd.add_argument('--digest', default=best_digest(),
                           choices=available_digests() + ['none'])
     send_cmd.add_argument('--rate', type=int, default=0,
                           help='bytes per second, 0 for no limit')
+    send_cmd.add_argument('--live', action='store_true',
+                          help='read the range even though a running guest '
+                               'maps it')
+    send_cmd.add_argument('--with-record', action='store_true',
+                          help='read the record of an earlier pass from '
+                               'stdin and send unchanged chunks as SAME')
+    send_cmd.add_argument('--stop-after', type=float, default=0,
+                          help='end the stream early after this many '
+                               'seconds (for a --precopy receiver)')
     zero_cmd = sub.add_parser('zero')
     zero_cmd.add_argument('--device', required=True)
     zero_cmd.add_argument('--offset', type=int, default=0)
@@ -579,10 +711,13 @@ def main(argv=None):
             if not 0 < args.chunk_size <= MAX_CHUNK:
                 raise HelperError(EXIT_USAGE, 'bad chunk size')
             send(args.device, args.offset, args.length, args.chunk_size,
-                 args.digest, args.rate)
+                 args.digest, args.rate, live=args.live,
+                 record_fd=0 if args.with_record else None,
+                 stop_after=args.stop_after)
         elif args.command == 'receive':
             receive(args.device, args.offset, args.length,
-                    source_offset=args.source_offset)
+                    source_offset=args.source_offset,
+                    precopy=args.precopy)
         elif args.command == 'check':
             check(args.device, args.length,
                   allow_in_use=args.allow_in_use)

@@ -12,8 +12,10 @@
 
 """Copy vPMEM namespaces to another host for cold migration and resize.
 
-The only entry point the driver uses is :func:`copy_namespaces`. It takes
-plain values (device paths, sizes, a host name and options) and runs, for
+The driver checks both hosts with :func:`check_namespaces`, then copies
+with :func:`copy_namespaces`, optionally after a first pass with
+:func:`precopy_namespaces` while the guest still runs. They take plain
+values (device paths, sizes, a host name and options) and runs, for
 each aligned byte range of each namespace, the pipeline::
 
     sudo -n nova-vpmem-copy send --device SRC --offset O --length L |
@@ -45,6 +47,7 @@ import typing as ty
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
 
+from nova.cmd import vpmem_copy as vpmem_helper
 from nova import exception
 from nova.i18n import _
 
@@ -53,9 +56,10 @@ LOG = logging.getLogger(__name__)
 CHUNK_SIZE = 1024 * 1024
 DEFAULT_CIPHER = 'aes128-gcm@openssh.com'
 STDERR_TAIL = 400
-# The stream protocol of the helper (nova.cmd.vpmem_copy.PROTOCOL) that this
-# module speaks.
-PROTOCOL = 1
+# The stream protocol of the helper that this module speaks.
+PROTOCOL = vpmem_helper.PROTOCOL
+# The digests a pre-copy's record may use.
+CRYPTO_DIGESTS = vpmem_helper.CRYPTO_DIGESTS
 # A destination that does not answer fails the copy in bounded time: ssh
 # gives up connecting after CONNECT_TIMEOUT seconds, and an established
 # connection after SERVER_ALIVE_INTERVAL * SERVER_ALIVE_COUNT seconds of
@@ -100,6 +104,43 @@ class NamespacePair(collections.namedtuple(
         """Return (dest offset, length) of the range to zero, or None."""
         extra = (self.dest_size or self.size) - self.size
         return (self.size - self.label_size, extra) if extra else None
+
+
+class Record(object):
+    """What the first pass of a pre-copy left on the destination.
+
+    One digest per DATA chunk that landed, as the destination's helper
+    reported it after checking the chunk. A chunk is known by its pair,
+    its source and destination offsets and its length, so a chunk that a
+    later pass splits otherwise has no record, and is sent.
+    """
+
+    def __init__(self, digest, chunk_size):
+        self.digest = digest
+        self.chunk_size = chunk_size
+        self.chunks: dict[tuple, bytes] = {}
+
+    @staticmethod
+    def _key(stream, pos, length):
+        return (stream.pair.source, stream.pair.dest, stream.offset + pos,
+                stream.dest_offset + pos, length)
+
+    def add(self, stream, pos, length, digest):
+        self.chunks[self._key(stream, pos, length)] = digest
+
+    def recorded_bytes(self):
+        return sum(key[-1] for key in self.chunks)
+
+    def for_stream(self, stream):
+        """The record input of the stream's sender (send --with-record)."""
+        parts = [vpmem_helper.RECORD_MAGIC, vpmem_helper.STREAM_HDR.pack(
+            self.digest.encode(), stream.offset, stream.length,
+            self.chunk_size)]
+        for pos in range(0, stream.length, self.chunk_size):
+            length = min(self.chunk_size, stream.length - pos)
+            parts.append(self.chunks.get(self._key(stream, pos, length),
+                                         vpmem_helper.NO_DIGEST))
+        return b''.join(parts)
 
 
 def _check_host(host):
@@ -187,6 +228,9 @@ class _Stream(object):
         self.offset = offset
         self.dest_offset = dest_offset
         self.length = length
+        # The first pass of a pre-copy fills a Record, the second sends
+        # one; see _CopyRun.
+        self.recording: ty.Optional[Record] = None
         self.procs: list[subprocess.Popen] = []
         self.errs: list[ty.IO[bytes]] = []
         self.buf = b''
@@ -196,21 +240,46 @@ class _Stream(object):
         # Set by start() and when the stream ends.
         self.started = self.ended = 0.0
 
-    def start(self, transport, digest, rate, chunk_size, on_execute):
+    def start(self, transport, digest, rate, chunk_size, on_execute,
+              record=None, stop_after=None):
+        """Start the pipeline; return the receiver's stdout.
+
+        :param record: a Record to send unchanged chunks against (the
+            second pass of a pre-copy)
+        :param stop_after: seconds after which the sender ends the stream
+            early (the first pass of a pre-copy, which self.recording
+            records); None when the stream must cover its whole range
+        """
+        options = []
+        if record is not None:
+            options.append('--with-record')
+        if stop_after is not None:
+            options += ['--live', '--stop-after', '%.3f' % stop_after]
         send = transport.local(
             'send', '--device', self.pair.source, '--offset', self.offset,
             '--length', self.length, '--chunk-size', chunk_size,
-            '--rate', rate, *(['--digest', digest] if digest else []))
+            '--rate', rate, *(['--digest', digest] if digest else []),
+            *options)
         recv = transport.remote(
             'receive', '--device', self.pair.dest, '--offset',
             self.dest_offset, '--length', self.length,
             *([] if self.dest_offset == self.offset else
-              ['--source-offset', self.offset]))
+              ['--source-offset', self.offset]),
+            *(['--precopy'] if stop_after is not None else []))
         self.errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+        stdin: ty.Any = subprocess.DEVNULL
+        if record is not None:
+            stdin = tempfile.TemporaryFile()
+            stdin.write(record.for_stream(self))
+            stdin.seek(0)
         self.started = time.monotonic()
-        sender = subprocess.Popen(  # nosec: B603 argv list
-            send, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=self.errs[0])
+        try:
+            sender = subprocess.Popen(  # nosec: B603 argv list
+                send, stdin=stdin, stdout=subprocess.PIPE,
+                stderr=self.errs[0])
+        finally:
+            if record is not None:
+                stdin.close()
         self.procs.append(sender)
         try:
             receiver = subprocess.Popen(  # nosec: B603 argv list
@@ -237,11 +306,15 @@ class _Stream(object):
         before = self.done
         for line in lines:
             word, _sep, rest = line.decode('utf-8', 'replace').partition(' ')
-            if word == 'progress':
+            if word == 'chunk' and self.recording:
+                pos, length, digest = rest.split()
+                self.recording.add(self, int(pos), int(length),
+                                   bytes.fromhex(digest))
+            elif word == 'progress':
                 self.done = int(rest)
             elif word == 'done':
                 self.stats = jsonutils.loads(rest)
-                self.done = self.length
+                self.done = self.stats.get('length', self.length)
         return self.done - before
 
     def finish(self, on_completion):
@@ -255,8 +328,10 @@ class _Stream(object):
             if proc.returncode:
                 errors.append(_('%(name)s exited with %(rc)s: %(err)s') % {
                     'name': name, 'rc': proc.returncode, 'err': _tail(err)})
-        if not errors and (
-                not self.stats or self.stats.get('length') != self.length):
+        # The first pass of a pre-copy may end early, at its time limit.
+        covered = self.stats.get('length') if self.stats else None
+        if not errors and (covered is None or covered > self.length or (
+                covered < self.length and not self.recording)):
             errors.append(_('receive reported no completed copy: %s') % (
                 _tail(self.errs[1]) or _('no output')))
         if errors and self.error is None:
@@ -308,7 +383,8 @@ def _run_helper(cmd, timeout):
 
 def check_namespaces(pairs, host=None, verify=True, cipher=DEFAULT_CIPHER,
                      helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
-                     ssh_args=(), known_hosts=None, timeout=60):
+                     ssh_args=(), known_hosts=None, timeout=60,
+                     precopy=False):
     """Check both ends of a copy before the instance is powered off.
 
     Runs the helper's ``check`` on this host for the sources and on
@@ -317,8 +393,11 @@ def check_namespaces(pairs, host=None, verify=True, cipher=DEFAULT_CIPHER,
     helper and its protocol version, and each namespace: known to its host,
     used by nobody, large enough.
 
+    :param precopy: the copy is a pre-copy, whose record needs a
+        cryptographic digest even without ``verify``.
     :returns: the digest to verify chunks with, the first of this host's
-        that the destination has too ('none' without ``verify``).
+        that the destination has too ('none' without ``verify``), or the
+        first cryptographic one for a pre-copy.
     :raises: VPMEMCopyCheckFailed saying what failed where.
     """
     for pair in pairs:
@@ -335,14 +414,16 @@ def check_namespaces(pairs, host=None, verify=True, cipher=DEFAULT_CIPHER,
                 'localhost', timeout)
     theirs = _ask(transport.remote('check', *dests), host or 'localhost',
                   timeout)
-    if not verify:
+    if not verify and not precopy:
         return 'none'
-    common = [d for d in ours['digests'] if d in theirs['digests']]
+    common = [d for d in ours['digests'] if d in theirs['digests'] and (
+        d in CRYPTO_DIGESTS or not precopy)]
     if not common:
         raise exception.VPMEMCopyCheckFailed(
             host=host or 'localhost',
-            reason=_('no digest in common: this host has %(ours)s, the '
-                     'destination %(theirs)s') % {
+            reason=_('no %(kind)sdigest in common: this host has %(ours)s, '
+                     'the destination %(theirs)s') % {
+                         'kind': _('cryptographic ') if precopy else '',
                          'ours': ours['digests'],
                          'theirs': theirs['digests']})
     return common[0]
@@ -417,7 +498,7 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
                     helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
                     ssh_args=(), chunk_size=CHUNK_SIZE, progress=None,
                     on_execute=None, on_completion=None, digest=None,
-                    known_hosts=None):
+                    known_hosts=None, record=None):
     """Copy the content of vPMEM namespaces, verified, to ``host``.
 
     :param pairs: list of :class:`NamespacePair`; each destination must be
@@ -442,6 +523,10 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
     :param progress: callable(bytes_copied, bytes_total).
     :param on_execute: callable(process) for each process started.
     :param on_completion: callable(process) for each process reaped.
+    :param record: the :class:`Record` of a pre-copy's first pass: only
+        the chunks that changed since are sent, and the destination checks
+        every other chunk against the source's digest of it. Its digest
+        and chunk size replace ``digest`` and ``chunk_size``.
     :returns: a list with one dict of statistics per pair.
     :raises: VPMEMCopyFailed naming the namespace and the failing process;
         its ``touched`` attribute lists the destinations that may have been
@@ -453,25 +538,123 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
     for pair in pairs:
         _check_pair(pair)
     streams = max(1, int(streams))
+    if record is not None:
+        digest, chunk_size, verify = record.digest, record.chunk_size, True
     run = _CopyRun(
         transport, streams, digest='none' if not verify else digest,
         rate=bandwidth // streams if bandwidth else 0, chunk_size=chunk_size,
         deadline=time.monotonic() + timeout if timeout else None,
-        on_execute=on_execute, on_completion=on_completion)
-    run.copy(pairs, progress, timeout)
+        on_execute=on_execute, on_completion=on_completion, record=record)
+    run.copy(_streams(pairs, streams, chunk_size), progress, timeout)
     failed = run.failed
+    if not failed and record is not None:
+        failed = _resend_stale(run, timeout)
     if not failed:
         gap_failure = _zero_gaps(pairs, transport, run.deadline)
         if gap_failure:
             failed = next(s for s in run.finished if s.pair is gap_failure[0])
             failed.error = gap_failure[1]
     if failed:
-        exc = exception.VPMEMCopyFailed(
-            source=failed.pair.source, dest=failed.pair.dest,
-            host=host or 'localhost', reason=failed.error)
-        exc.touched = list(dict.fromkeys(s.pair.dest for s in run.finished))
-        raise exc
+        raise _copy_failed(failed, run, host)
     return [_pair_result(pair, run.finished, host) for pair in pairs]
+
+
+def precopy_namespaces(pairs, digest, host=None, streams=2, bandwidth=0,
+                       time_limit=0, timeout=0, cipher=DEFAULT_CIPHER,
+                       helper=('nova-vpmem-copy',),
+                       root_helper=('sudo', '-n'), ssh_args=(),
+                       chunk_size=CHUNK_SIZE, progress=None, on_execute=None,
+                       on_completion=None, known_hosts=None):
+    """Copy vPMEM namespaces while the guest runs: a pre-copy's first pass.
+
+    The source helper reads each namespace although the guest maps it (its
+    ``send --live`` is the only call allowed to), and only reads it. The
+    destination helper checks every chunk as the copy does, and reports
+    its digest for the :class:`Record` that :func:`copy_namespaces` then
+    sends the second pass against, with the guest off.
+
+    Takes the arguments of :func:`copy_namespaces`, and:
+
+    :param digest: a digest in ``CRYPTO_DIGESTS`` that both hosts have
+        (:func:`check_namespaces` with ``precopy=True``): the guest
+        controls the data, so chunks with one digest must not be craftable.
+    :param time_limit: seconds after which the pass stops at the next chunk
+        without failing (the second pass sends what is left), 0 for none.
+    :returns: the :class:`Record` of what landed on the destination.
+    :raises: VPMEMCopyFailed as :func:`copy_namespaces` does.
+    """
+    if digest not in CRYPTO_DIGESTS:
+        raise ValueError(_('A pre-copy needs one of the digests %s') %
+                         ', '.join(CRYPTO_DIGESTS))
+    transport = _Transport(host, helper, root_helper, cipher, ssh_args,
+                           known_hosts)
+    for pair in pairs:
+        _check_pair(pair)
+    streams = max(1, int(streams))
+    record = Record(digest, chunk_size)
+    now = time.monotonic()
+    run = _CopyRun(
+        transport, streams, digest=digest,
+        rate=bandwidth // streams if bandwidth else 0, chunk_size=chunk_size,
+        deadline=now + timeout if timeout else None,
+        on_execute=on_execute, on_completion=on_completion,
+        recording=record, stop_at=now + time_limit if time_limit else None)
+    run.copy(_streams(pairs, streams, chunk_size), progress, timeout)
+    if run.failed:
+        raise _copy_failed(run.failed, run, host)
+    total = sum(pair.size for pair in pairs)
+    LOG.info('vPMEM pre-copy to %(host)s done in %(secs).1f s: %(rec)d of '
+             '%(total)d bytes landed as data, the second pass checks or '
+             'sends the rest', {'host': host or 'localhost',
+                                'secs': time.monotonic() - now,
+                                'rec': record.recorded_bytes(),
+                                'total': total})
+    return record
+
+
+def _streams(pairs, streams, chunk_size):
+    return [_Stream(pair, src_off + off, dst_off + off, length)
+            for pair in pairs
+            for src_off, dst_off, seg_len in pair.segments()
+            for off, length in _split(seg_len, streams, chunk_size)]
+
+
+def _resend_stale(run, timeout):
+    """Send again the chunks whose record the destination found stale.
+
+    :returns: the stream that failed, or None.
+    """
+    stale = []
+    for stream in run.finished:
+        for pos, length in stream.stats.get('stale', ()):
+            last = stale[-1] if stale else None
+            if (last and last.pair is stream.pair and
+                    last.offset + last.length == stream.offset + pos and
+                    last.dest_offset + last.length ==
+                    stream.dest_offset + pos):
+                last.length += length
+            else:
+                stale.append(_Stream(stream.pair, stream.offset + pos,
+                                     stream.dest_offset + pos, length))
+    if not stale:
+        return None
+    LOG.warning('%(n)d byte ranges of vPMEM data did not match the record '
+                'of the pre-copy on the destination; sending them again',
+                {'n': len(stale)})
+    rerun = _CopyRun(
+        run.transport, run.streams, run.digest, run.rate, run.chunk_size,
+        run.deadline, run.on_execute, run.on_completion)
+    rerun.copy(stale, None, timeout)
+    run.finished += rerun.finished
+    return rerun.failed
+
+
+def _copy_failed(failed, run, host):
+    exc = exception.VPMEMCopyFailed(
+        source=failed.pair.source, dest=failed.pair.dest,
+        host=host or 'localhost', reason=failed.error)
+    exc.touched = list(dict.fromkeys(s.pair.dest for s in run.finished))
+    return exc
 
 
 def _pair_result(pair, finished, host):
@@ -480,9 +663,11 @@ def _pair_result(pair, finished, host):
     secs = max(s.ended for s in mine) - min(s.started for s in mine)
     result = {'source': pair.source, 'dest': pair.dest, 'bytes': pair.size,
               'zero_bytes': sum(s.stats['zero_bytes'] for s in mine),
+              'same_bytes': sum(s.stats.get('same_bytes', 0) for s in mine),
               'seconds': secs, 'digest': mine[0].stats['digest']}
     LOG.info('Copied vPMEM namespace %(source)s to %(host)s:%(dest)s: '
-             '%(bytes)d bytes, %(zero_bytes)d of them zero and not sent, '
+             '%(bytes)d bytes, %(zero_bytes)d of them zero and '
+             '%(same_bytes)d unchanged since the pre-copy, neither sent, '
              '%(seconds).1f s, %(rate).0f MB/s, digest %(digest)s',
              dict(result, host=host or 'localhost',
                   rate=pair.size / max(secs, 1e-6) / 1e6))
@@ -494,10 +679,18 @@ class _CopyRun(object):
 
     One thread reads every stream's statistics through a selector; the
     first stream that fails, or the deadline, stops them all.
+
+    The first pass of a pre-copy fills ``recording`` and starts no stream
+    after ``stop_at`` (streams running then end at their next chunk); the
+    second pass sends against ``record``.
     """
 
     def __init__(self, transport, streams, digest, rate, chunk_size,
-                 deadline, on_execute, on_completion):
+                 deadline, on_execute, on_completion, record=None,
+                 recording=None, stop_at=None):
+        self.record = record
+        self.recording = recording
+        self.stop_at = stop_at
         self.transport = transport
         self.streams = streams
         self.digest = digest
@@ -511,14 +704,9 @@ class _CopyRun(object):
         self.failed: ty.Optional[_Stream] = None
         self.selector = selectors.DefaultSelector()
 
-    def copy(self, pairs, progress, timeout):
-        pending = collections.deque(
-            _Stream(pair, src_off + off, dst_off + off, length)
-            for pair in pairs
-            for src_off, dst_off, seg_len in pair.segments()
-            for off, length in _split(seg_len, self.streams,
-                                      self.chunk_size))
-        total = sum(pair.size for pair in pairs)
+    def copy(self, streams, progress, timeout):
+        pending = collections.deque(streams)
+        total = sum(stream.length for stream in streams)
         copied = 0
         try:
             while (pending or self.running) and not self.failed:
@@ -534,13 +722,30 @@ class _CopyRun(object):
             self._stop_running()
             self.selector.close()
 
+    def _stop_after(self):
+        """Seconds the next stream of a first pass may run, None if none."""
+        if not self.stop_at:
+            return 0
+        left = self.stop_at - time.monotonic()
+        # The helper reads 0 as no limit.
+        return max(left, 0.001) if left > 0 else None
+
     def _start(self, pending):
         while pending and len(self.running) < self.streams:
+            stop_after = None
+            if self.recording:
+                stop_after = self._stop_after()
+                if stop_after is None:
+                    # Pass 1's time is up: pass 2 sends the rest.
+                    pending.clear()
+                    return
             stream = pending.popleft()
+            stream.recording = self.recording
             self.finished.append(stream)
             try:
                 out = stream.start(self.transport, self.digest, self.rate,
-                                   self.chunk_size, self.on_execute)
+                                   self.chunk_size, self.on_execute,
+                                   record=self.record, stop_after=stop_after)
             except OSError as e:
                 stream.error = _('could not start the copy: %s') % e
                 self.failed = stream

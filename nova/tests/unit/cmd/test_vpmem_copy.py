@@ -13,6 +13,7 @@
 """Tests for the nova-vpmem-copy root helper, run in-process on files."""
 
 import io
+import itertools
 import os
 import stat
 import subprocess
@@ -78,22 +79,57 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         with open(path, 'rb') as f:
             return f.read()
 
-    def _send(self, offset=0, length=None, digest='blake2b', chunk=CHUNK):
+    def _send(self, offset=0, length=None, digest='blake2b', chunk=CHUNK,
+              record=None, **kwargs):
         length = self.size - offset if length is None else length
         with open(os.path.join(self.tmp, 'stream'), 'w+b') as out:
+            record_fd = None
+            if record is not None:
+                record_fd = os.open(self._file('record', record),
+                                    os.O_RDONLY)
+                self.addCleanup(os.close, record_fd)
             helper.send(self.src, offset, length, chunk, digest, 0,
-                        out_fd=out.fileno())
+                        out_fd=out.fileno(), record_fd=record_fd, **kwargs)
             out.seek(0)
             return out.read()
 
-    def _receive(self, stream, offset=0, length=None):
+    def _receive(self, stream, offset=0, length=None, **kwargs):
         length = self.size - offset if length is None else length
         path = self._file('stream-in', stream)
         out = io.StringIO()
         with open(path, 'rb') as f:
             helper.receive(self.dst, offset, length, in_fd=f.fileno(),
-                           out=out)
+                           out=out, **kwargs)
         return out.getvalue()
+
+    def _kinds(self, stream):
+        """The record kinds of a stream, in order."""
+        kinds = []
+        pos = len(helper.MAGIC) + helper.STREAM_HDR.size
+        while pos < len(stream):
+            kind, _off, length, _digest = helper.RECORD_HDR.unpack_from(
+                stream, pos)
+            kinds.append(kind)
+            pos += helper.RECORD_HDR.size + (length if kind == helper.DATA
+                                             else 0)
+        return kinds
+
+    def _record(self, digests, digest='blake2b', offset=0, length=None,
+                chunk=CHUNK):
+        length = self.size - offset if length is None else length
+        return (helper.RECORD_MAGIC + helper.STREAM_HDR.pack(
+            digest.encode(), offset, length, chunk) + b''.join(
+                d or helper.NO_DIGEST for d in digests))
+
+    def _precopy(self):
+        """Send and receive a first pass; return the digests it printed."""
+        out = self._receive(self._send(live=True), precopy=True)
+        digests = [None] * (self.size // CHUNK)
+        for line in out.splitlines():
+            word, *rest = line.split()
+            if word == 'chunk':
+                digests[int(rest[0]) // CHUNK] = bytes.fromhex(rest[2])
+        return digests
 
     def _assert_fails(self, code, stream, offset=0, length=None):
         exc = self.assertRaises(helper.HelperError, self._receive, stream,
@@ -257,6 +293,119 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
                                     for fd in os.listdir(fd_dir)])
         exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
         self.assertIn('in use by process %d' % user.pid, str(exc))
+
+    def test_live_send_reads_a_device_in_use(self):
+        # Only send, and only with live, may read a running guest's
+        # namespace.
+        user = subprocess.Popen(
+            [sys.executable, '-c', _MAP_AND_CLOSE, self.src],
+            stdout=subprocess.PIPE)
+        self.addCleanup(user.wait)
+        self.addCleanup(user.kill)
+        self.assertEqual(b'mapped\n', user.stdout.readline())
+        exc = self.assertRaises(helper.HelperError, self._send)
+        self.assertIn('in use by process %d' % user.pid, str(exc))
+        self._receive(self._send(live=True))
+        self.assertEqual(self.data, self._read(self.dst))
+        args = helper._parser().parse_args(
+            ['receive', '--device', self.dst, '--length', '1'])
+        self.assertFalse(hasattr(args, 'live'))
+
+    def test_first_pass_prints_the_digest_of_each_data_chunk(self):
+        digests = self._precopy()
+        self.assertEqual(self.data, self._read(self.dst))
+        # Chunks 2 to 4 are zero: no data, no record.
+        self.assertEqual([None] * 3, digests[2:5])
+        self.assertEqual(helper._digest('blake2b', self.data[:CHUNK]),
+                         digests[0])
+        self.assertEqual(5, len([d for d in digests if d]))
+
+    def test_second_pass_sends_unchanged_chunks_as_same(self):
+        digests = self._precopy()
+        self.data = b'x' * 10 + self.data[10:]
+        self._file('src', self.data)
+        stream = self._send(record=self._record(digests))
+        self.assertEqual([helper.DATA] + [helper.SAME] + [helper.ZERO] * 3 +
+                         [helper.SAME] * 3 + [helper.END],
+                         self._kinds(stream))
+        stats = jsonutils.loads(self._receive(stream).split(' ', 1)[1])
+        self.assertEqual(self.data, self._read(self.dst))
+        self.assertEqual(4 * CHUNK, stats['same_bytes'])
+        self.assertEqual([], stats['stale'])
+
+    def test_stale_record_is_reported_not_trusted(self):
+        digests = self._precopy()
+        with open(self.dst, 'r+b') as f:
+            f.seek(CHUNK + 5)
+            f.write(b'changed behind the record')
+        stream = self._send(record=self._record(digests))
+        stats = jsonutils.loads(self._receive(stream).split(' ', 1)[1])
+        self.assertEqual([[CHUNK, CHUNK]], stats['stale'])
+
+    def test_any_doubt_about_the_record_sends_every_chunk(self):
+        digests = self._precopy()
+        all_data = [helper.DATA] * 2 + [helper.ZERO] * 3 + [helper.DATA] * 3
+        for record in (self._record(digests, chunk=2 * CHUNK),
+                       self._record(digests, digest='sha256'),
+                       self._record(digests, offset=CHUNK),
+                       self._record(digests)[:-1], b''):
+            stream = self._send(record=record)
+            self.assertEqual(all_data + [helper.END], self._kinds(stream))
+
+    def test_record_needs_a_cryptographic_digest(self):
+        digests = self._precopy()
+        exc = self.assertRaises(helper.HelperError, self._send,
+                                digest='xxh3_64',
+                                record=self._record(digests, 'xxh3_64'))
+        self.assertIn('a record needs one of the digests', str(exc))
+        stream = bytearray(self._send(digest='xxh3_64'))
+        # A forged SAME record in a fast-digest stream is refused.
+        first = len(helper.MAGIC) + helper.STREAM_HDR.size
+        stream[first] = helper.SAME
+        stream[first + helper.RECORD_HDR.size:
+               first + helper.RECORD_HDR.size + CHUNK] = b''
+        msg = self._assert_fails(helper.EXIT_PROTOCOL, bytes(stream))
+        self.assertIn('SAME record in a xxh3_64 stream', msg)
+
+    def test_only_a_first_pass_may_end_early(self):
+        # The clock passes stop_after after three chunks.
+        clock = itertools.chain([0] * 4, itertools.repeat(10))
+        with mock.patch.object(helper.time, 'monotonic',
+                               side_effect=clock):
+            stream = self._send(live=True, stop_after=5)
+        self.assertEqual([helper.DATA, helper.DATA, helper.ZERO,
+                          helper.END], self._kinds(stream))
+        self._assert_fails(helper.EXIT_PROTOCOL, stream)
+        stats = jsonutils.loads(self._receive(
+            stream, precopy=True).splitlines()[-1].split(' ', 1)[1])
+        self.assertEqual(3 * CHUNK, stats['length'])
+        self.assertEqual(self.data[:3 * CHUNK],
+                         self._read(self.dst)[:3 * CHUNK])
+
+    def _fake_helper(self, seconds):
+        """A process named like a helper that holds dst open."""
+        with open(self.dst, 'rb') as dst:
+            proc = subprocess.Popen(
+                [sys.executable, '-c', 'import time; print("ready", '
+                 'flush=True); time.sleep(%s)' % seconds,
+                 'nova.cmd.vpmem_copy'], stdin=dst, stdout=subprocess.PIPE)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        self.addCleanup(proc.stdout.close)
+        self.assertEqual(b'ready\n', proc.stdout.readline())
+        return proc
+
+    def test_zero_waits_for_a_helper_still_writing(self):
+        writer = self._fake_helper(1)
+        start = helper.time.monotonic()
+        helper.zero(self.dst, out=io.StringIO())
+        self.assertIsNotNone(writer.poll())
+        self.assertGreater(helper.time.monotonic() - start, 0.5)
+        self.assertEqual(bytes(self.size), self._read(self.dst))
+        self._fake_helper(30)
+        exc = self.assertRaises(helper.HelperError, helper._wait_for_helpers,
+                                os.path.realpath(self.dst), timeout=0.3)
+        self.assertIn('still used by another nova-vpmem-copy', str(exc))
 
     def test_check_reports_protocol_and_digests(self):
         out = io.StringIO()

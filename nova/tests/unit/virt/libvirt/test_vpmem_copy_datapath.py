@@ -200,6 +200,19 @@ class DataPathBase(test.NoDBTestCase):
             ssh_args=kwargs.pop('ssh_args', getattr(self, 'ssh_args', [])),
             **kwargs)
 
+    def precopy(self, pairs, host=None, mode='pass', **kwargs):
+        kwargs.setdefault('chunk_size', 256 * 1024)
+        kwargs.setdefault('digest', 'blake2b')
+        return vpmem_copy.precopy_namespaces(
+            pairs, host=host, helper=self.helper(mode), root_helper=(),
+            ssh_args=kwargs.pop('ssh_args', getattr(self, 'ssh_args', [])),
+            **kwargs)
+
+    def write(self, path, offset, data):
+        with open(path, 'r+b') as f:
+            f.seek(offset)
+            f.write(data)
+
 
 class LocalDataPathTestCase(DataPathBase):
     """send | receive on the same host, no ssh."""
@@ -273,6 +286,124 @@ class LocalDataPathTestCase(DataPathBase):
             exception.VPMEMCopyCheckFailed, self.check,
             [vpmem_copy.NamespacePair(src, dst, MiB)])
         self.assertIn('in use by process %d' % user.pid, str(exc))
+
+
+# A stand-in for a guest that writes to its namespace while the first pass
+# of a pre-copy reads it: keeps the file open (the helper then sees it in
+# use) and overwrites a random 4 KiB block every millisecond until killed.
+_WRITER = """
+import os, random, sys, time
+path, size = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_RDWR)
+print("ready", flush=True)
+while True:
+    os.pwrite(fd, os.urandom(4096), random.randrange(size // 4096) * 4096)
+    time.sleep(0.001)
+"""
+
+
+class PreCopyDataPathTestCase(DataPathBase):
+    """A pre-copy's two passes, on this host."""
+
+    def _pair(self, size=8 * MiB):
+        src = self.namespace('src', size, [(2 * MiB, MiB)])
+        dst = self.namespace('dst', size)       # random: dirty
+        return vpmem_copy.NamespacePair(src, dst, size)
+
+    def test_second_pass_sends_only_the_chunks_that_changed(self):
+        pair = self._pair()
+        record = self.precopy([pair], streams=2)
+        self.assertEqual(self.read(pair.source), self.read(pair.dest))
+        # Between the passes, of the 32 chunks of 256 KiB (28 of them data)
+        # one changes by a few bytes, one becomes zero, and the 4 zero ones
+        # get data.
+        self.write(pair.source, 100, b'changed')
+        self.write(pair.source, 5 * MiB, bytes(256 * 1024))
+        self.write(pair.source, 2 * MiB, os.urandom(MiB))
+        result = self.copy([pair], record=record, streams=2)[0]
+        self.assertEqual(self.read(pair.source), self.read(pair.dest))
+        self.assertEqual(record.digest, result['digest'])
+        self.assertEqual(26 * 256 * 1024, result['same_bytes'])
+        self.assertEqual(256 * 1024, result['zero_bytes'])
+
+    def test_guest_writes_during_the_first_pass_reach_the_destination(self):
+        pair = self._pair(size=16 * MiB)
+        writer = subprocess.Popen(
+            [sys.executable, '-c', _WRITER, pair.source, str(pair.size)],
+            stdout=subprocess.PIPE)
+        self.addCleanup(writer.wait)
+        self.addCleanup(writer.kill)
+        writer.stdout.readline()
+        # Only the first pass may read a namespace in use, and it is slow
+        # enough here for the writer to change chunks behind it.
+        exc = self.assertRaises(exception.VPMEMCopyFailed, self.copy,
+                                [pair])
+        self.assertIn('in use by process %d' % writer.pid, str(exc))
+        record = self.precopy([pair], bandwidth=8 * MiB)
+        writer.kill()
+        writer.wait()
+        self.assertNotEqual(self.read(pair.source), self.read(pair.dest))
+        result = self.copy([pair], record=record)[0]
+        self.assertEqual(self.read(pair.source), self.read(pair.dest))
+        self.assertLess(result['same_bytes'], pair.size - MiB)
+
+    def test_stale_record_is_caught_and_the_chunk_sent_again(self):
+        pair = self._pair()
+        record = self.precopy([pair])
+        # The destination changes behind the record's back: its digest of
+        # the chunk no longer matches, whatever the record says.
+        self.write(pair.dest, 7 * MiB + 10, b'stale')
+        # And a record that claims a chunk the source never had.
+        key = next(k for k in record.chunks if k[2] == 0)
+        record.chunks[key] = bytes(32)
+        with self.assertLogs(vpmem_copy.LOG.logger, 'WARNING') as logs:
+            self.copy([pair], record=record)
+        self.assertEqual(self.read(pair.source), self.read(pair.dest))
+        self.assertIn('1 byte ranges of vPMEM data did not match',
+                      logs.output[0])
+
+    def test_time_limit_ends_the_first_pass_and_the_second_sends_the_rest(
+            self):
+        pair = self._pair(size=16 * MiB)
+        start = time.monotonic()
+        record = self.precopy([pair], streams=1, bandwidth=4 * MiB,
+                              time_limit=1)
+        self.assertLess(time.monotonic() - start, 3)
+        self.assertGreater(record.recorded_bytes(), 0)
+        self.assertLess(record.recorded_bytes(), 8 * MiB)
+        result = self.copy([pair], record=record, streams=1)[0]
+        self.assertEqual(self.read(pair.source), self.read(pair.dest))
+        self.assertEqual(record.recorded_bytes(), result['same_bytes'])
+
+    def test_larger_destination_keeps_the_label_area_at_its_end(self):
+        size, label = 8 * MiB, MiB
+        src = self.namespace('src', size, [(2 * MiB, MiB)])
+        dst = self.namespace('dst', size + 5 * MiB)
+        pair = vpmem_copy.NamespacePair(src, dst, size, size + 5 * MiB,
+                                        label)
+        record = self.precopy([pair], streams=2)
+        self.write(src, size - 100, b'label')
+        self.copy([pair], record=record, streams=2)
+        old, new = self.read(src), self.read(dst)
+        self.assertEqual(old[:size - label], new[:size - label])
+        self.assertEqual(old[size - label:], new[-label:])
+        self.assertEqual(bytes(5 * MiB), new[size - label:-label])
+
+    def test_first_pass_failure_names_the_destinations_to_zero(self):
+        pair = self._pair(size=4 * MiB)
+        exc = self.assertRaises(exception.VPMEMCopyFailed, self.precopy,
+                                [pair], mode='corrupt')
+        self.assertIn('does not match its digest', str(exc))
+        self.assertEqual([pair.dest], exc.touched)
+        self.assertEqual([], self.zero(exc.touched))
+        self.assertEqual(bytes(pair.size), self.read(pair.dest))
+
+    def test_first_pass_needs_a_cryptographic_digest(self):
+        self.assertRaises(ValueError, self.precopy, [self._pair(MiB)],
+                          digest='xxh3_64')
+        pair = self._pair(MiB)
+        self.assertIn(self.check([pair], precopy=True, verify=False),
+                      vpmem_copy.CRYPTO_DIGESTS)
 
 
 @testtools.skipUnless(_have_ssh(), 'sshd, ssh and ssh-keygen are required '
@@ -403,6 +534,17 @@ class SSHDataPathTestCase(DataPathBase):
             exception.VPMEMCopyCheckFailed, self.check,
             [vpmem_copy.NamespacePair(src, dst, MiB)], host=HOST)
         self.assertIn('Host key verification failed', str(exc))
+
+    def test_precopy_sends_only_what_changed(self):
+        size = 8 * MiB
+        src = self.namespace('src', size, [(MiB, MiB)])
+        dst = self.namespace('dst', size)
+        pair = vpmem_copy.NamespacePair(src, dst, size)
+        record = self.precopy([pair], host=HOST, streams=2)
+        self.write(src, 3 * MiB, os.urandom(MiB))
+        result = self.copy([pair], host=HOST, record=record, streams=2)[0]
+        self.assertEqual(self.read(src), self.read(dst))
+        self.assertEqual(6 * MiB, result['same_bytes'])
 
     def test_pinned_known_hosts_file_is_the_only_one_used(self):
         pinned = os.path.join(self.sshd.dir, 'pinned')
