@@ -30,6 +30,16 @@ each round the variants are run one after the other on every data set
            destination dirty or pre-zeroed, once with verification off and
            once with a single stream (the default is --streams)
 
+With --downtime it measures instead what a cold migration's guest sees: the
+fixed cost of a copy (where it goes: ssh, helper start, the copy of a tiny
+namespace with 1 and 2 streams) and the downtime, from power-off to the end
+of the copy, with and without pre-copy: the first pass copies the namespace
+(timed, but the guest runs), then --changed-percent of its 1 MiB chunks get
+new random data (the guest's writes), then the second pass runs (the
+downtime). Without pre-copy the downtime is a full copy of the same data,
+run right after in the same round; naive and ssh-cat copy the same data for
+reference. Random and 90%-zero data sets.
+
 CPU-s/GB adds the CPU time of this process and its children to that of the
 sshd listener's children (everything the remote side ran). Both "hosts"
 share this machine's cores, so absolute MB/s are pessimistic; ratios
@@ -40,6 +50,7 @@ Run it as root from the top of this repository after tools/workspace build
 
   .venv/bin/python tools/bench_vpmem_copy.py                  # 4 GiB
   .venv/bin/python tools/bench_vpmem_copy.py --size-mib 1024 --rounds 3
+  .venv/bin/python tools/bench_vpmem_copy.py --downtime --size-mib 2048
 
 Results are written to --out (JSON and, if matplotlib imports, a PNG).
 """
@@ -258,13 +269,37 @@ class Bench(object):
                  ['ssh', '-T', '-o', 'BatchMode=yes', '-c', CIPHER] +
                  self.sshd.ssh_args + ['--', HOST, 'cat 1<>' + dst])
 
-    def copier(self, src, dst, size, verify=True, streams=None):
+    def copier(self, src, dst, size, verify=True, streams=None,
+               record=None, digest=None):
         from nova.virt.libvirt import vpmem_copy
         return vpmem_copy.copy_namespaces(
             [vpmem_copy.NamespacePair(src, dst, size)], host=HOST,
             streams=streams or self.args.streams, verify=verify,
             cipher=CIPHER, helper=self.helper, root_helper=(),
-            ssh_args=self.sshd.ssh_args)
+            ssh_args=self.sshd.ssh_args, record=record, digest=digest)
+
+    def precopy(self, src, dst, size, digest):
+        from nova.virt.libvirt import vpmem_copy
+        return vpmem_copy.precopy_namespaces(
+            [vpmem_copy.NamespacePair(src, dst, size)], digest, host=HOST,
+            streams=self.args.streams, cipher=CIPHER, helper=self.helper,
+            root_helper=(), ssh_args=self.sshd.ssh_args)
+
+    def crypto_digest(self, src, dst, size):
+        from nova.virt.libvirt import vpmem_copy
+        return vpmem_copy.check_namespaces(
+            [vpmem_copy.NamespacePair(src, dst, size)], host=HOST,
+            cipher=CIPHER, helper=self.helper, root_helper=(),
+            ssh_args=self.sshd.ssh_args, precopy=True)
+
+    def timed(self, func, *args, **kwargs):
+        """Run func; return (its result, seconds, CPU seconds)."""
+        cpu0 = cpu_now(self.sshd)
+        t0 = time.monotonic()
+        out = func(*args, **kwargs)
+        secs = time.monotonic() - t0
+        self.sshd.wait_idle()
+        return out, secs, cpu_now(self.sshd) - cpu0
 
     def measure(self, func, src, dst, size, dirty, **kwargs):
         prepare_dest(dst, size, dirty, self.dirt)
@@ -307,8 +342,20 @@ def main():
     parser.add_argument('--pythonpath', action='append', default=[],
                         help='extra PYTHONPATH for the helper, e.g. where '
                              'xxhash is installed')
+    parser.add_argument('--downtime', action='store_true',
+                        help='measure the fixed cost and the downtime with '
+                             'and without pre-copy instead')
+    parser.add_argument('--changed-percent', default='0,1,10,100',
+                        help='with --downtime: shares of chunks changed '
+                             'between the passes')
     parser.add_argument('--out', default='bench_vpmem_copy')
     args = parser.parse_args()
+    if args.downtime:
+        args.zero_percent = '0,90'
+        args.linearity_mib = ''
+        if args.out == 'bench_vpmem_copy':
+            args.out = 'bench_vpmem_downtime'
+
     if os.geteuid() != 0:
         sys.exit('run as root: the loopback sshd logs in as root')
 
@@ -332,14 +379,15 @@ def main():
     sshd = Sshd(workdir)
     try:
         bench = Bench(args, workdir, sshd)
-        results = run_all(args, bench, workdir)
+        results = (run_downtime if args.downtime else run_all)(
+            args, bench, workdir)
     finally:
         sshd.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         if mounted:
             run(['umount', mounted])
             os.rmdir(mounted)
-    report(args, results)
+    (report_downtime if args.downtime else report)(args, results)
 
 
 def run_all(args, bench, workdir):
@@ -486,6 +534,142 @@ def report(args, results):
     fig.tight_layout()
     fig.savefig(args.out + '.png', dpi=100)
     print('wrote %s.png' % args.out)
+
+
+def change_chunks(path, size, percent, seed):
+    """Give percent of the 1 MiB chunks of path new random data."""
+    chunks = size // MiB
+    rng = random.Random(seed)
+    with open(path, 'r+b') as f:
+        for i in sorted(rng.sample(range(chunks), chunks * percent // 100)):
+            f.seek(i * MiB)
+            f.write(os.urandom(MiB))
+
+
+def fixed_cost(bench, workdir, rounds):
+    """Where the fixed cost of a copy goes, medians of rounds runs."""
+    tiny = 4 * MiB
+    src, dst = (os.path.join(workdir, n) for n in ('tiny-src', 'tiny-dst'))
+    make_source(src, tiny, 0, 1)
+    make_source(dst, tiny, 0, 2)
+    bench.allow(src, tiny)
+    bench.allow(dst, tiny)
+    ssh = ['ssh', '-T', '-o', 'BatchMode=yes', '-c', CIPHER] + \
+        bench.sshd.ssh_args + ['--', HOST]
+    steps = {
+        'ssh HOST true': lambda: run(ssh + ['true']),
+        'helper start (local)': lambda: run(
+            bench.helper + ['--help'], stdout=subprocess.DEVNULL),
+        'helper start (over ssh)': lambda: run(
+            ssh + [' '.join(shlex.quote(a) for a in bench.helper) +
+                   ' --help'], stdout=subprocess.DEVNULL),
+        'check both hosts': lambda: bench.crypto_digest(src, dst, tiny),
+        'copy 4 MiB, 1 stream': lambda: bench.copier(src, dst, tiny,
+                                                     streams=1),
+        'copy 4 MiB, 2 streams': lambda: bench.copier(src, dst, tiny,
+                                                      streams=2),
+    }
+    result = {}
+    for name, step in steps.items():
+        times = []
+        for _ in range(max(5, rounds)):
+            t0 = time.monotonic()
+            step()
+            times.append(time.monotonic() - t0)
+        result[name] = statistics.median(times)
+        print('fixed cost  %-26s %.3f s' % (name, result[name]), flush=True)
+    for path in (src, dst):
+        os.unlink(path)
+    return result
+
+
+def run_downtime(args, bench, workdir):
+    size = args.size_mib * MiB
+    gb = size / 1e9
+    fixed = fixed_cost(bench, workdir, args.rounds)
+    src, dst = (os.path.join(workdir, n) for n in ('src', 'dst'))
+    bench.allow(src, size)
+    bench.allow(dst, size)
+    digest = None
+    samples = {}
+    for zero in [int(z) for z in args.zero_percent.split(',')]:
+        data = '%d%% zero' % zero
+        for rnd in range(args.rounds):
+            make_source(src, size, zero / 100, 42 + rnd)
+            make_source(dst, size, 0, 7)
+            digest = digest or bench.crypto_digest(src, dst, size)
+            for name, func in (('naive', bench.naive),
+                               ('ssh-cat', bench.ssh_cat)):
+                _, secs, cpu = bench.timed(func, src, dst, size)
+                run(['cmp', '-n', str(size), src, dst])
+                samples.setdefault((data, name), []).append(
+                    {'seconds': secs, 'cpu_s_per_gb': cpu / gb})
+            for changed in [int(c) for c in
+                            args.changed_percent.split(',')]:
+                record, pass1, cpu1 = bench.timed(
+                    bench.precopy, src, dst, size, digest)
+                change_chunks(src, size, changed, rnd * 100 + changed)
+                _, pass2, cpu2 = bench.timed(
+                    bench.copier, src, dst, size, record=record)
+                run(['cmp', '-n', str(size), src, dst])
+                # Without pre-copy the copy verifies with the fastest
+                # digest both hosts have, as the driver's check picks it.
+                _, full, cpu_full = bench.timed(
+                    bench.copier, src, dst, size)
+                run(['cmp', '-n', str(size), src, dst])
+                r = {'pass1_seconds': pass1, 'pass1_cpu_s_per_gb': cpu1 / gb,
+                     'downtime_precopy': pass2,
+                     'precopy_cpu_s_per_gb': cpu2 / gb,
+                     'downtime_full': full, 'full_cpu_s_per_gb': cpu_full / gb,
+                     'ratio': pass2 / full}
+                samples.setdefault((data, '%d%% changed' % changed),
+                                   []).append(r)
+                print('round %d  %-9s %3d%% changed: pass 1 %.2f s, '
+                      'downtime %.2f s with pre-copy, %.2f s without '
+                      '(%.2f)' % (rnd + 1, data, changed, pass1, pass2,
+                                  full, r['ratio']), flush=True)
+    for path in (src, dst):
+        os.unlink(path)
+    med = {'%s | %s' % k: {f: statistics.median(s[f] for s in v)
+                           for f in v[0]} for k, v in samples.items()}
+    return {'size_mib': args.size_mib, 'rounds': args.rounds,
+            'streams': args.streams, 'digest': digest,
+            'cpus': os.cpu_count(), 'fixed_cost': fixed, 'results': med,
+            'samples': {'%s | %s' % k: v for k, v in samples.items()}}
+
+
+def report_downtime(args, results):
+    res = results['results']
+    print('\nsize %d MiB, %d rounds (medians), %d streams, pre-copy digest '
+          '%s, %d CPUs' % (results['size_mib'], results['rounds'],
+                           results['streams'], results['digest'],
+                           results['cpus']))
+    print('\nfixed cost of a copy:')
+    for name, secs in results['fixed_cost'].items():
+        print('  %-26s %.3f s' % (name, secs))
+    print('\n%-9s %-12s %8s %9s %9s %7s %9s %9s %8s %8s' % (
+        'data', 'changed', 'pass 1 s', 'down pre', 'down full', 'ratio',
+        'CPU/GB pre', 'CPU/GB full', 'x naive', 'x ssh-cat'))
+    for key, r in sorted(res.items()):
+        data, what = key.split(' | ')
+        if not what.endswith('changed'):
+            continue
+        naive = res['%s | naive' % data]['seconds']
+        ceiling = res['%s | ssh-cat' % data]['seconds']
+        print('%-9s %-12s %8.2f %9.2f %9.2f %7.2f %9.2f %9.2f %8.2f %8.2f'
+              % (data, what, r['pass1_seconds'], r['downtime_precopy'],
+                 r['downtime_full'], r['ratio'], r['precopy_cpu_s_per_gb'],
+                 r['full_cpu_s_per_gb'], naive / r['downtime_precopy'],
+                 ceiling / r['downtime_precopy']))
+    for data in sorted({k.split(' | ')[0] for k in res}):
+        print('%-9s naive %.2f s, ssh-cat %.2f s (%.2f CPU-s/GB)' % (
+            data, res['%s | naive' % data]['seconds'],
+            res['%s | ssh-cat' % data]['seconds'],
+            res['%s | ssh-cat' % data]['cpu_s_per_gb']))
+    print('\ntargets: downtime ratio <= 0.25 at 1% changed, <= 1.1 at 100%')
+    with open(args.out + '.json', 'w') as f:
+        json.dump(results, f, indent=2)  # noqa: N324
+    print('\nwrote %s.json' % args.out)
 
 
 if __name__ == '__main__':
