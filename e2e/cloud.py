@@ -180,6 +180,9 @@ class NovaCloud(integrated_helpers.LibvirtProviderUsageBaseTestCase):
 
     # Set by the caller before setUp (a TestCase cannot take arguments).
     env = None
+    # Start a fakelibvirt domain for each server, so that the driver sees
+    # its guest running (and stops and restarts it).
+    running_guests = False
 
     def runTest(self):         # unittest needs a test method to exist
         pass
@@ -248,19 +251,24 @@ class NovaCloud(integrated_helpers.LibvirtProviderUsageBaseTestCase):
 
     # -- compute hosts ------------------------------------------------------
 
-    @staticmethod
-    def _spawn_on(driver):
+    def _spawn_on(self, driver):
         """Boot on fakelibvirt: what spawn does before the guest starts.
 
         It creates the instance directory (migrate_disk_and_power_off needs
         it) and gives the instance its namespaces through the driver's own
         _take_vpmems, which zeroes any namespace that may hold another
-        instance's data. Disks, networks and the guest are left out.
+        instance's data. Disks and networks are left out, and the guest too
+        unless ``running_guests``: then a bare fakelibvirt domain runs.
         """
         def spawn(context, instance, *args, **kwargs):
             os.makedirs(libvirt_utils.get_instance_path(instance),
                         exist_ok=True)
             driver._take_vpmems(instance, driver._get_vpmems(instance))
+            if self.running_guests:
+                driver._host.get_connection().defineXML(
+                    '<domain type="kvm"><name>%s</name><uuid>%s</uuid>'
+                    '<memory>524288</memory><vcpu>1</vcpu></domain>' % (
+                        instance.name, instance.uuid)).createWithFlags(0)
         return spawn
 
     def _start_host(self, host):

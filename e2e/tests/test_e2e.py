@@ -32,6 +32,8 @@ Run (as root, from the repo root):  tools/run-e2e-tests
 
 import concurrent.futures
 import os
+import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -73,6 +75,7 @@ class E2ETestCase(unittest.TestCase):
     copy_timeout = 0
     copy_options = {}
     needs_copy = False
+    running_guests = False
 
     def setUp(self):
         super().setUp()
@@ -91,6 +94,7 @@ class E2ETestCase(unittest.TestCase):
         self.addCleanup(self.env.teardown)
         self.cloud = cloud_mod.NovaCloud()
         self.cloud.env = self.env
+        self.cloud.running_guests = self.running_guests
         # Registered first: undoes the fixtures even if setUp fails half way.
         self.addCleanup(self.cloud.doCleanups)
         self.cloud.setUp()
@@ -466,10 +470,17 @@ class TestCopyFaults(E2ETestCase):
 
 
 class SendWatcher(object):
-    """Counts the helper's ``send`` processes on this machine over time."""
+    """Watches the helper's ``send`` processes on this machine over time.
+
+    ``most`` is the most that ran at once; ``first_seen`` maps the options
+    of a pre-copy (``--live``, ``--with-record``) to when a send with it was
+    first seen, and ``live`` is set once a first pass runs.
+    """
 
     def __init__(self):
         self.most = 0
+        self.first_seen = {}
+        self.live = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -481,6 +492,12 @@ class SendWatcher(object):
                 if 'send' in cmdline and any(
                         arg.endswith('nova-vpmem-copy') for arg in cmdline):
                     sends += 1
+                    for option in ('--live', '--with-record'):
+                        if option in cmdline:
+                            self.first_seen.setdefault(option,
+                                                       time.monotonic())
+            if '--live' in self.first_seen:
+                self.live.set()
             self.most = max(self.most, sends)
             time.sleep(0.05)
 
@@ -549,6 +566,70 @@ class TestHostCopyLimits(E2ETestCase):
             self.assertTrue(ns_mod.is_zero(old[0].backing, old[0].size))
             self.assertEqual(digests[server],
                              ns_mod.digest(new[0].backing, old[0].size))
+
+
+# The guest's writes while the first pass of a pre-copy reads its namespace:
+# a separate process that holds the namespace open and overwrites random
+# 4 KiB blocks for a few seconds.
+_GUEST_WRITER = """
+import os, random, sys, time
+path, size, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+fd = os.open(path, os.O_RDWR)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    os.pwrite(fd, os.urandom(4096), random.randrange(size // 4096) * 4096)
+    time.sleep(0.01)
+"""
+
+
+class TestPreCopy(E2ETestCase):
+    """[libvirt]vpmem_precopy: a first pass while the server runs."""
+
+    needs_copy = True
+    # The pre-copy runs only for a guest that runs.
+    running_guests = True
+    copy_options = {
+        'vpmem_precopy': True,
+        # 8 MiB at 1 MiB/s: the first pass runs long enough to write into.
+        'vpmem_precopy_bandwidth': 1,
+    }
+
+    def setUp(self):
+        super().setUp()
+        self.require_copy()
+
+    def test_writes_during_the_first_pass_reach_the_destination(self):
+        with SendWatcher() as sends, \
+                concurrent.futures.ThreadPoolExecutor(1) as pool:
+            move = pool.submit(self.sc.migrate, self.server, copy=True)
+            self.assertTrue(sends.live.wait(120), 'no first pass ran')
+            writer = subprocess.run(
+                [sys.executable, '-c', _GUEST_WRITER, self.src_ns.backing,
+                 str(self.src_ns.size), '2'], check=True)
+            written = time.monotonic()
+            migration, _ = move.result()
+        self.assertEqual(0, writer.returncode)
+        self.assertEqual('finished', migration['status'],
+                         self.sc.fault_message(self.server))
+        # The second pass started after the writes, with the record.
+        self.assertGreater(sends.first_seen['--with-record'], written)
+        changed = ns_mod.digest(self.src_ns.backing, self.src_ns.size)
+        self.assertNotEqual(self.src_digest, changed)
+        _, old, dest, new = self.cloud.migration_namespaces(
+            self.server, migration)
+        self.assertEqual('hostB', dest.name)
+        self.assertEqual(changed, ns_mod.digest(new[0].backing,
+                                                self.src_ns.size))
+        self.sc.confirm(self.server)
+        self.assertTrue(ns_mod.is_zero(old[0].backing, old[0].size))
+
+    def test_first_pass_failure_keeps_the_server_on_its_host(self):
+        self.env.arm(self.env.b, 'receive', 2 * MIB, 'fail')
+        with SendWatcher() as sends:
+            migration, _ = self.sc.migrate(self.server, copy=True)
+        self.assertIn('--live', sends.first_seen)
+        self.assertNotIn('--with-record', sends.first_seen)
+        self.assert_rolled_back(migration)
 
 
 class TestCopyTimeout(E2ETestCase):

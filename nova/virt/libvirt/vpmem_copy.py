@@ -46,6 +46,7 @@ import typing as ty
 
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
+from oslo_utils import excutils
 
 from nova.cmd import vpmem_copy as vpmem_helper
 from nova import exception
@@ -231,7 +232,10 @@ class _Stream(object):
         # The first pass of a pre-copy fills a Record, the second sends
         # one; see _CopyRun.
         self.recording: ty.Optional[Record] = None
-        self.procs: list[subprocess.Popen] = []
+        self.sender: ty.Optional[subprocess.Popen] = None
+        self.receiver: ty.Optional[subprocess.Popen] = None
+        # The sender's end of the pipe into the receiver, until it starts.
+        self.write_fd: ty.Optional[int] = None
         self.errs: list[ty.IO[bytes]] = []
         self.buf = b''
         self.done = 0
@@ -239,6 +243,35 @@ class _Stream(object):
         self.error: ty.Optional[str] = None
         # Set by start() and when the stream ends.
         self.started = self.ended = 0.0
+
+    def start_receiver(self, transport, precopy, on_execute):
+        """Start the receiving end, which waits for the sender's stream.
+
+        Started ahead, before the guest is powered off, it takes the ssh
+        connection and the remote helper's start out of the downtime.
+
+        :param precopy: the stream is the first pass of a pre-copy
+        """
+        recv = transport.remote(
+            'receive', '--device', self.pair.dest, '--offset',
+            self.dest_offset, '--length', self.length,
+            *([] if self.dest_offset == self.offset else
+              ['--source-offset', self.offset]),
+            *(['--precopy'] if precopy else []))
+        self.errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+        read_fd, self.write_fd = os.pipe()
+        try:
+            self.receiver = subprocess.Popen(  # nosec: B603 argv list
+                recv, stdin=read_fd, stdout=subprocess.PIPE,
+                stderr=self.errs[1])
+        except Exception:
+            os.close(self.write_fd)
+            self.write_fd = None
+            raise
+        finally:
+            os.close(read_fd)
+        if on_execute:
+            on_execute(self.receiver)
 
     def start(self, transport, digest, rate, chunk_size, on_execute,
               record=None, stop_after=None):
@@ -250,6 +283,11 @@ class _Stream(object):
             early (the first pass of a pre-copy, which self.recording
             records); None when the stream must cover its whole range
         """
+        if self.receiver is None:
+            self.start_receiver(transport, stop_after is not None,
+                                on_execute)
+        receiver = ty.cast(subprocess.Popen, self.receiver)
+        write_fd = ty.cast(int, self.write_fd)
         options = []
         if record is not None:
             options.append('--with-record')
@@ -260,13 +298,6 @@ class _Stream(object):
             '--length', self.length, '--chunk-size', chunk_size,
             '--rate', rate, *(['--digest', digest] if digest else []),
             *options)
-        recv = transport.remote(
-            'receive', '--device', self.pair.dest, '--offset',
-            self.dest_offset, '--length', self.length,
-            *([] if self.dest_offset == self.offset else
-              ['--source-offset', self.offset]),
-            *(['--precopy'] if stop_after is not None else []))
-        self.errs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
         stdin: ty.Any = subprocess.DEVNULL
         if record is not None:
             stdin = tempfile.TemporaryFile()
@@ -274,29 +305,17 @@ class _Stream(object):
             stdin.seek(0)
         self.started = time.monotonic()
         try:
-            sender = subprocess.Popen(  # nosec: B603 argv list
-                send, stdin=stdin, stdout=subprocess.PIPE,
-                stderr=self.errs[0])
+            self.sender = subprocess.Popen(  # nosec: B603 argv list
+                send, stdin=stdin, stdout=write_fd, stderr=self.errs[0])
         finally:
             if record is not None:
                 stdin.close()
-        self.procs.append(sender)
-        try:
-            receiver = subprocess.Popen(  # nosec: B603 argv list
-                recv, stdin=sender.stdout, stdout=subprocess.PIPE,
-                stderr=self.errs[1])
-        except Exception:
-            sender.kill()
-            sender.wait()
-            raise
-        finally:
-            # The receiver holds its own copy; ours would keep the pipe
-            # open after the receiver dies.
-            ty.cast(ty.IO[bytes], sender.stdout).close()
-        self.procs.append(receiver)
-        for proc in self.procs:
-            if on_execute:
-                on_execute(proc)
+            # The sender holds its own copy; ours would keep the pipe open
+            # after the sender dies, and the receiver waiting.
+            os.close(write_fd)
+            self.write_fd = None
+        if on_execute:
+            on_execute(self.sender)
         return receiver.stdout
 
     def feed(self, data):
@@ -319,9 +338,11 @@ class _Stream(object):
 
     def finish(self, on_completion):
         """Wait for both processes and set ``error`` if the range failed."""
-        names = ('send', 'receive')
         errors = []
-        for name, proc, err in zip(names, self.procs, self.errs):
+        for name, proc, err in (('send', self.sender, self.errs[0]),
+                                ('receive', self.receiver, self.errs[1])):
+            if proc is None:
+                continue
             proc.wait()
             if on_completion:
                 on_completion(proc)
@@ -341,7 +362,18 @@ class _Stream(object):
             err.close()
 
     def kill(self):
-        _stop(self.procs)
+        if self.write_fd is not None:
+            os.close(self.write_fd)
+            self.write_fd = None
+        _stop([p for p in (self.sender, self.receiver) if p])
+
+    def abandon(self):
+        """Stop a stream that will not run, and release what it holds."""
+        self.kill()
+        if self.receiver:
+            ty.cast(ty.IO[bytes], self.receiver.stdout).close()
+        for err in self.errs:
+            err.close()
 
 
 def _stop(procs):
@@ -493,12 +525,55 @@ def _zero_gaps(pairs, transport, deadline):
     return None
 
 
+class PreparedCopy(object):
+    """The receiving ends of a copy, started before the guest stops.
+
+    Returned by :func:`prepare_copy` for :func:`copy_namespaces`; ssh's
+    connection and the remote helper's start then happen while the guest
+    still runs. :meth:`cancel` stops the receivers that were not used.
+    """
+
+    def __init__(self, pairs, host, streams, chunk_size, transport):
+        self.args = (list(pairs), host, streams, chunk_size)
+        self.transport = transport
+        self.streams = _streams(pairs, streams, chunk_size)
+
+    def cancel(self):
+        for stream in self.streams:
+            if stream.receiver and not stream.sender:
+                stream.abandon()
+
+
+def prepare_copy(pairs, host=None, streams=2, cipher=DEFAULT_CIPHER,
+                 helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
+                 ssh_args=(), chunk_size=CHUNK_SIZE, on_execute=None,
+                 known_hosts=None):
+    """Start the receivers of the first streams of a copy.
+
+    Takes the arguments of :func:`copy_namespaces` that shape the streams;
+    give the result to it as ``prepared``, or cancel it.
+    """
+    transport = _Transport(host, helper, root_helper, cipher, ssh_args,
+                           known_hosts)
+    for pair in pairs:
+        _check_pair(pair)
+    streams = max(1, int(streams))
+    prepared = PreparedCopy(pairs, host, streams, chunk_size, transport)
+    try:
+        for stream in prepared.streams[:streams]:
+            stream.start_receiver(transport, False, on_execute)
+    except Exception:
+        with excutils.save_and_reraise_exception():
+            prepared.cancel()
+    return prepared
+
+
 def copy_namespaces(pairs, host=None, streams=2, verify=True,
                     cipher=DEFAULT_CIPHER, bandwidth=0, timeout=0,
                     helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
                     ssh_args=(), chunk_size=CHUNK_SIZE, progress=None,
                     on_execute=None, on_completion=None, digest=None,
-                    known_hosts=None, record=None):
+                    known_hosts=None, record=None, prepared=None):
     """Copy the content of vPMEM namespaces, verified, to ``host``.
 
     :param pairs: list of :class:`NamespacePair`; each destination must be
@@ -527,6 +602,7 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
         the chunks that changed since are sent, and the destination checks
         every other chunk against the source's digest of it. Its digest
         and chunk size replace ``digest`` and ``chunk_size``.
+    :param prepared: the :func:`prepare_copy` of this copy.
     :returns: a list with one dict of statistics per pair.
     :raises: VPMEMCopyFailed naming the namespace and the failing process;
         its ``touched`` attribute lists the destinations that may have been
@@ -545,7 +621,15 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
         rate=bandwidth // streams if bandwidth else 0, chunk_size=chunk_size,
         deadline=time.monotonic() + timeout if timeout else None,
         on_execute=on_execute, on_completion=on_completion, record=record)
-    run.copy(_streams(pairs, streams, chunk_size), progress, timeout)
+    if prepared and prepared.args != (list(pairs), host, streams, chunk_size):
+        prepared.cancel()
+        raise ValueError(_('The prepared copy is for other streams'))
+    try:
+        run.copy(prepared.streams if prepared else
+                 _streams(pairs, streams, chunk_size), progress, timeout)
+    finally:
+        if prepared:
+            prepared.cancel()
     failed = run.failed
     if not failed and record is not None:
         failed = _resend_stale(run, timeout)
@@ -624,7 +708,7 @@ def _resend_stale(run, timeout):
 
     :returns: the stream that failed, or None.
     """
-    stale = []
+    stale: list[_Stream] = []
     for stream in run.finished:
         for pos, length in stream.stats.get('stale', ()):
             last = stale[-1] if stale else None
@@ -748,6 +832,7 @@ class _CopyRun(object):
                                    record=self.record, stop_after=stop_after)
             except OSError as e:
                 stream.error = _('could not start the copy: %s') % e
+                stream.abandon()
                 self.failed = stream
                 return
             self.running[out.fileno()] = (stream, out)

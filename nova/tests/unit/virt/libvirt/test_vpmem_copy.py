@@ -147,14 +147,19 @@ class CopyNamespacesTestCase(test.NoDBTestCase):
 
     @mock.patch('subprocess.Popen')
     def test_commands_per_range(self, mock_popen):
-        mock_popen.side_effect = RuntimeError('stop')
+        # The receiver starts first, and waits for the sender's stream.
+        mock_popen.side_effect = [mock.Mock(), RuntimeError('stop')]
         self.assertRaises(RuntimeError, vpmem_copy.copy_namespaces,
                           [vpmem_copy.NamespacePair('/dev/dax0.0',
                                                     '/dev/dax1.0', 4 * MiB)],
                           host='dest', streams=2, verify=False,
                           bandwidth=10 * MiB, helper=['helper'],
                           root_helper=['sudo', '-n'])
-        send = mock_popen.call_args_list[0][0][0]
+        receive = mock_popen.call_args_list[0][0][0]
+        self.assertEqual(['ssh', '-T'], receive[:2])
+        self.assertEqual('sudo -n helper receive --device /dev/dax1.0 '
+                         '--offset 0 --length %d' % (2 * MiB), receive[-1])
+        send = mock_popen.call_args_list[1][0][0]
         self.assertEqual(
             ['sudo', '-n', 'helper', 'send', '--device', '/dev/dax0.0',
              '--offset', '0', '--length', str(2 * MiB), '--chunk-size',

@@ -200,6 +200,42 @@ class DataPathBase(test.NoDBTestCase):
             ssh_args=kwargs.pop('ssh_args', getattr(self, 'ssh_args', [])),
             **kwargs)
 
+    def prepare(self, pairs, host=None, **kwargs):
+        kwargs.setdefault('chunk_size', 256 * 1024)
+        return vpmem_copy.prepare_copy(
+            pairs, host=host, helper=self.helper(), root_helper=(),
+            ssh_args=kwargs.pop('ssh_args', getattr(self, 'ssh_args', [])),
+            **kwargs)
+
+    def assert_prepared_copy(self, host):
+        """The receivers started ahead wait, then carry the copy."""
+        size = 8 * MiB
+        src = self.namespace('src', size, [(MiB, MiB)])
+        dst = self.namespace('dst', size)
+        pairs = [vpmem_copy.NamespacePair(src, dst, size)]
+        before = self.read(dst)
+        prepared = self.prepare(pairs, host=host, streams=2)
+        receivers = [s.receiver for s in prepared.streams]
+        time.sleep(0.5)
+        self.assertEqual([None, None], [r.poll() for r in receivers])
+        self.assertEqual(before, self.read(dst))
+        self.copy(pairs, host=host, streams=2, prepared=prepared)
+        self.assertEqual(self.read(src), self.read(dst))
+        self.assertEqual([0, 0], [r.returncode for r in receivers])
+
+    def assert_cancelled_copy_writes_nothing(self, host):
+        size = 4 * MiB
+        src = self.namespace('src', size)
+        dst = self.namespace('dst', size)
+        pairs = [vpmem_copy.NamespacePair(src, dst, size)]
+        before = self.read(dst)
+        prepared = self.prepare(pairs, host=host, streams=2)
+        receivers = [s.receiver for s in prepared.streams]
+        self.assertRaises(ValueError, self.copy, pairs, host=host,
+                          streams=1, prepared=prepared)
+        self.assertNotIn(None, [r.poll() for r in receivers])
+        self.assertEqual(before, self.read(dst))
+
     def precopy(self, pairs, host=None, mode='pass', **kwargs):
         kwargs.setdefault('chunk_size', 256 * 1024)
         kwargs.setdefault('digest', 'blake2b')
@@ -235,6 +271,12 @@ class LocalDataPathTestCase(DataPathBase):
 
     def test_larger_destination_gets_the_label_area_at_its_end(self):
         self.assert_guest_layout(host=None)
+
+    def test_copy_with_receivers_started_ahead(self):
+        self.assert_prepared_copy(host=None)
+
+    def test_prepared_copy_for_other_streams_is_cancelled(self):
+        self.assert_cancelled_copy_writes_nothing(host=None)
 
     def test_failure_names_the_destinations_to_zero(self):
         size = 4 * MiB
@@ -534,6 +576,12 @@ class SSHDataPathTestCase(DataPathBase):
             exception.VPMEMCopyCheckFailed, self.check,
             [vpmem_copy.NamespacePair(src, dst, MiB)], host=HOST)
         self.assertIn('Host key verification failed', str(exc))
+
+    def test_copy_with_receivers_started_ahead(self):
+        self.assert_prepared_copy(host=HOST)
+
+    def test_prepared_copy_for_other_streams_is_cancelled(self):
+        self.assert_cancelled_copy_writes_nothing(host=HOST)
 
     def test_precopy_sends_only_what_changed(self):
         size = 8 * MiB
