@@ -621,9 +621,12 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
         rate=bandwidth // streams if bandwidth else 0, chunk_size=chunk_size,
         deadline=time.monotonic() + timeout if timeout else None,
         on_execute=on_execute, on_completion=on_completion, record=record)
-    if prepared and prepared.args != (list(pairs), host, streams, chunk_size):
-        prepared.cancel()
-        raise ValueError(_('The prepared copy is for other streams'))
+    if prepared:
+        if prepared.args != (list(pairs), host, streams, chunk_size):
+            prepared.cancel()
+            raise ValueError(_('The prepared copy is for other streams'))
+        # Its streams know their pairs by identity.
+        pairs = prepared.args[0]
     try:
         run.copy(prepared.streams if prepared else
                  _streams(pairs, streams, chunk_size), progress, timeout)
