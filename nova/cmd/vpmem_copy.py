@@ -86,21 +86,22 @@ import subprocess  # nosec: B404 argv lists only, never a shell
 import sys
 import time
 
-# The stream starts with MAGIC and STREAM_HDR: digest name, range offset,
-# range length and chunk size. Each record is RECORD_HDR: kind, offset
-# (relative to the range), length, digest; DATA records are followed by
-# ``length`` bytes. END carries the number of bytes covered in ``offset`` and
-# the number of chunk records in ``length``. SAME records carry only the
-# digest of a chunk the destination already holds.
+# The stream starts with MAGIC and STREAM_HDR: the digest of DATA records,
+# the digest of SAME records (empty without a record), range offset, range
+# length and chunk size. Each record is RECORD_HDR: kind, offset (relative
+# to the range), length, digest; DATA records are followed by ``length``
+# bytes. SAME records carry only the digest of a chunk the destination
+# already holds. END carries the number of bytes covered in ``offset`` and
+# the number of chunk records in ``length``.
 PROTOCOL = 2
 MAGIC = b'NVPMCP%d\n' % PROTOCOL
-STREAM_HDR = struct.Struct('<16sQQI')
+STREAM_HDR = struct.Struct('<16s16sQQI')
 DIGEST_SIZE = 32
 RECORD_HDR = struct.Struct('<BQI%ds' % DIGEST_SIZE)
 DATA, ZERO, SAME, END = 1, 2, 3, 255
 # The record of an earlier pass (send --with-record, on stdin): RECORD_MAGIC,
-# a STREAM_HDR for the range it covers, then one digest per chunk of the
-# range, all zero bytes for a chunk it has none for.
+# a STREAM_HDR naming the record's digest and the range it covers, then one
+# digest per chunk of the range, all zero bytes for a chunk it has none for.
 RECORD_MAGIC = b'NVPMRC%d\n' % PROTOCOL
 NO_DIGEST = bytes(DIGEST_SIZE)
 
@@ -422,40 +423,49 @@ def _is_zero(view, zero):
 
 # -- subcommands -------------------------------------------------------------
 
-def _read_record(in_fd, digest, offset, length, chunk):
-    """Read the record of an earlier pass: one digest or None per chunk.
+def _read_record(in_fd, offset, length, chunk):
+    """Read the record of an earlier pass.
 
-    Any doubt means no record, and so every chunk is sent: a record for
-    another range, chunk size or digest, or a truncated one.
+    :returns: (its digest, one digest or None per chunk), or (None, None)
+        when in doubt, and so every chunk is sent: a record for another
+        range or chunk size, with a digest that is not cryptographic or not
+        available here, or a truncated one.
     """
     count = -(-length // chunk)
-    expected = RECORD_MAGIC + STREAM_HDR.pack(digest.encode(), offset,
-                                              length, chunk)
-    data = bytearray(len(expected) + count * DIGEST_SIZE)
-    got = _read_exact(in_fd, memoryview(data))
-    if got < len(data) or data[:len(expected)] != expected:
-        sys.stderr.write('nova-vpmem-copy send: the record on stdin does '
-                         'not match this range, sending every chunk\n')
-        return [None] * count
-    digests = data[len(expected):]
-    return [None if d == NO_DIGEST else d for d in (
-        bytes(digests[i:i + DIGEST_SIZE])
-        for i in range(0, len(digests), DIGEST_SIZE))]
+    head = bytearray(len(RECORD_MAGIC) + STREAM_HDR.size)
+    data = bytearray(count * DIGEST_SIZE)
+    if (_read_exact(in_fd, memoryview(head)) == len(head) and
+            head.startswith(RECORD_MAGIC) and
+            _read_exact(in_fd, memoryview(data)) == len(data)):
+        name, _same, r_offset, r_length, r_chunk = STREAM_HDR.unpack_from(
+            head, len(RECORD_MAGIC))
+        digest = name.rstrip(b'\0').decode('ascii', 'replace')
+        if ((r_offset, r_length, r_chunk) == (offset, length, chunk) and
+                digest in CRYPTO_DIGESTS and
+                digest in available_digests()):
+            return digest, [None if d == NO_DIGEST else d for d in (
+                bytes(data[i:i + DIGEST_SIZE])
+                for i in range(0, len(data), DIGEST_SIZE))]
+    sys.stderr.write('nova-vpmem-copy send: the record on stdin does not '
+                     'fit this range, sending every chunk\n')
+    return None, None
 
 
-def _send_chunk(out_fd, pos, view, zero, digest, recorded):
+def _send_chunk(out_fd, pos, view, zero, digest, same_digest, recorded):
     if _is_zero(view, zero):
         _write_all(out_fd, RECORD_HDR.pack(ZERO, pos, len(view), b''))
         return
-    chunk_digest = _digest(digest, view)
-    if chunk_digest == recorded:
-        # The destination holds this chunk already; it checks that it does.
-        _write_all(out_fd, RECORD_HDR.pack(SAME, pos, len(view),
-                                           chunk_digest))
-    else:
-        _write_all(out_fd, RECORD_HDR.pack(DATA, pos, len(view),
-                                           chunk_digest))
-        _write_all(out_fd, view)
+    if recorded:
+        # Only a cryptographic digest may say that the chunk did not change.
+        chunk_digest = _digest(same_digest, view)
+        if chunk_digest == recorded:
+            # The destination holds it already; it checks that it does.
+            _write_all(out_fd, RECORD_HDR.pack(SAME, pos, len(view),
+                                               chunk_digest))
+            return
+    _write_all(out_fd, RECORD_HDR.pack(DATA, pos, len(view),
+                                       _digest(digest, view)))
+    _write_all(out_fd, view)
 
 
 def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
@@ -465,16 +475,14 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
     :param live: the range may be in use by a running guest: read it anyway
         (this is the only call that may), through a private copy of each
         chunk so that its digest matches the bytes sent.
-    :param record_fd: read the record of an earlier pass from this fd.
+    :param record_fd: read the record of an earlier pass from this fd; its
+        own digest checks the unchanged chunks, ``digest`` the others.
     :param stop_after: end the stream early, at a chunk boundary, after this
         many seconds (0: never); only a ``--precopy`` receiver accepts that.
     """
-    if record_fd is not None and digest not in CRYPTO_DIGESTS:
-        raise HelperError(EXIT_USAGE, 'a record needs one of the digests %s'
-                          % ', '.join(CRYPTO_DIGESTS))
     ns, length = _check_device(device, offset, length, allow_in_use=live)
-    record = (_read_record(record_fd, digest, offset, length, chunk)
-              if record_fd is not None else None)
+    same_digest, record = (_read_record(record_fd, offset, length, chunk)
+                           if record_fd is not None else (None, None))
     _prepare_pipe(out_fd)
     dev = _Mapping(device, offset, length, ns['align'], writable=False)
     zero = bytes(chunk)
@@ -483,7 +491,8 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
     start = time.monotonic()
     try:
         _write_all(out_fd, MAGIC + STREAM_HDR.pack(
-            digest.encode(), offset, length, chunk))
+            digest.encode(), (same_digest or '').encode(), offset, length,
+            chunk))
         for pos in range(0, length, chunk):
             if stop_after and time.monotonic() - start > stop_after:
                 break
@@ -493,7 +502,8 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
                     # The guest may write to the chunk while it is sent.
                     snapshot[:len(view)] = view
                     view = snapshot[:len(view)]
-                _send_chunk(out_fd, pos, view, zero, digest, recorded)
+                _send_chunk(out_fd, pos, view, zero, digest, same_digest,
+                            recorded)
             records += 1
             if rate:
                 ahead = min(pos + chunk, length) / rate - (
@@ -524,22 +534,29 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
         raise HelperError(EXIT_TRUNCATED, 'stream truncated before its header')
     if hdr[:len(MAGIC)] != MAGIC:
         raise HelperError(EXIT_PROTOCOL, 'not a nova-vpmem-copy stream')
-    name, s_offset, s_length, chunk = STREAM_HDR.unpack_from(hdr, len(MAGIC))
-    digest = name.rstrip(b'\0').decode()
+    name, same_name, s_offset, s_length, chunk = STREAM_HDR.unpack_from(
+        hdr, len(MAGIC))
+    digest = name.rstrip(b'\0').decode('ascii', 'replace')
+    same_digest = same_name.rstrip(b'\0').decode('ascii', 'replace')
     if (s_offset, s_length) != (source_offset, length):
         raise HelperError(EXIT_PROTOCOL, 'stream carries range %d+%d, '
                           'expected %d+%d' % (s_offset, s_length,
                                               source_offset, length))
-    if digest != 'none' and digest not in available_digests():
-        raise HelperError(EXIT_PROTOCOL, 'digest %s is not available on this '
-                          'host' % digest)
+    for name in (digest, same_digest):
+        if name not in ('none', '') and name not in available_digests():
+            raise HelperError(EXIT_PROTOCOL, 'digest %s is not available on '
+                              'this host' % name)
     if not 0 < chunk <= MAX_CHUNK:
         raise HelperError(EXIT_PROTOCOL, 'bad chunk size %d' % chunk)
+    if precopy and digest not in CRYPTO_DIGESTS:
+        raise HelperError(EXIT_PROTOCOL, 'a first pass needs a '
+                          'cryptographic digest, not %s' % digest)
 
     dev = _Mapping(device, offset, length, ns['align'], writable=True)
     zero = bytes(chunk)
     stats = {'device': device, 'offset': offset, 'length': length,
-             'digest': digest, 'data_bytes': 0, 'zero_bytes': 0,
+             'digest': digest, 'same_digest': same_digest,
+             'data_bytes': 0, 'zero_bytes': 0,
              'zero_filled_bytes': 0, 'same_bytes': 0, 'stale': []}
     pos = records = 0
     next_progress = PROGRESS_EVERY
@@ -581,11 +598,12 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
                         out.write('chunk %d %d %s\n' % (pos, r_len,
                                                         r_digest.hex()))
                 elif kind == SAME:
-                    if digest not in CRYPTO_DIGESTS:
+                    if same_digest not in CRYPTO_DIGESTS:
                         raise HelperError(EXIT_PROTOCOL, 'SAME record in a '
-                                          '%s stream' % digest)
+                                          'stream without a cryptographic '
+                                          'digest for it')
                     # A stale record: the caller sends the chunk again.
-                    if _digest(digest, view) != r_digest:
+                    if _digest(same_digest, view) != r_digest:
                         stats['stale'].append([pos, r_len])
                     stats['same_bytes'] += r_len
                 else:

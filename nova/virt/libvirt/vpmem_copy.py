@@ -135,7 +135,7 @@ class Record(object):
     def for_stream(self, stream):
         """The record input of the stream's sender (send --with-record)."""
         parts = [vpmem_helper.RECORD_MAGIC, vpmem_helper.STREAM_HDR.pack(
-            self.digest.encode(), stream.offset, stream.length,
+            self.digest.encode(), b'', stream.offset, stream.length,
             self.chunk_size)]
         for pos in range(0, stream.length, self.chunk_size):
             length = min(self.chunk_size, stream.length - pos)
@@ -428,8 +428,8 @@ def check_namespaces(pairs, host=None, verify=True, cipher=DEFAULT_CIPHER,
     :param precopy: the copy is a pre-copy, whose record needs a
         cryptographic digest even without ``verify``.
     :returns: the digest to verify chunks with, the first of this host's
-        that the destination has too ('none' without ``verify``), or the
-        first cryptographic one for a pre-copy.
+        that the destination has too ('none' without ``verify``); for a
+        pre-copy, that and the first cryptographic one, for the record.
     :raises: VPMEMCopyCheckFailed saying what failed where.
     """
     for pair in pairs:
@@ -446,10 +446,12 @@ def check_namespaces(pairs, host=None, verify=True, cipher=DEFAULT_CIPHER,
                 'localhost', timeout)
     theirs = _ask(transport.remote('check', *dests), host or 'localhost',
                   timeout)
-    if not verify and not precopy:
-        return 'none'
-    common = [d for d in ours['digests'] if d in theirs['digests'] and (
-        d in CRYPTO_DIGESTS or not precopy)]
+    common = [d for d in ours['digests'] if d in theirs['digests']]
+    digest = common[0] if verify and common else 'none'
+    if precopy:
+        common = [d for d in common if d in CRYPTO_DIGESTS]
+    elif not verify:
+        return digest
     if not common:
         raise exception.VPMEMCopyCheckFailed(
             host=host or 'localhost',
@@ -458,7 +460,7 @@ def check_namespaces(pairs, host=None, verify=True, cipher=DEFAULT_CIPHER,
                          'kind': _('cryptographic ') if precopy else '',
                          'ours': ours['digests'],
                          'theirs': theirs['digests']})
-    return common[0]
+    return (digest, common[0]) if precopy else digest
 
 
 def _ask(cmd, where, timeout):
@@ -600,8 +602,8 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
     :param on_completion: callable(process) for each process reaped.
     :param record: the :class:`Record` of a pre-copy's first pass: only
         the chunks that changed since are sent, and the destination checks
-        every other chunk against the source's digest of it. Its digest
-        and chunk size replace ``digest`` and ``chunk_size``.
+        every other chunk against the source's digest of it, in the
+        record's digest. Its chunk size replaces ``chunk_size``.
     :param prepared: the :func:`prepare_copy` of this copy.
     :returns: a list with one dict of statistics per pair.
     :raises: VPMEMCopyFailed naming the namespace and the failing process;
@@ -615,7 +617,7 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
         _check_pair(pair)
     streams = max(1, int(streams))
     if record is not None:
-        digest, chunk_size, verify = record.digest, record.chunk_size, True
+        chunk_size = record.chunk_size
     run = _CopyRun(
         transport, streams, digest='none' if not verify else digest,
         rate=bandwidth // streams if bandwidth else 0, chunk_size=chunk_size,

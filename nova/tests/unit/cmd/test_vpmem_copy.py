@@ -118,7 +118,7 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
                 chunk=CHUNK):
         length = self.size - offset if length is None else length
         return (helper.RECORD_MAGIC + helper.STREAM_HDR.pack(
-            digest.encode(), offset, length, chunk) + b''.join(
+            digest.encode(), b'', offset, length, chunk) + b''.join(
                 d or helper.NO_DIGEST for d in digests))
 
     def _precopy(self):
@@ -324,13 +324,17 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         digests = self._precopy()
         self.data = b'x' * 10 + self.data[10:]
         self._file('src', self.data)
-        stream = self._send(record=self._record(digests))
+        # Chunks that changed are sent, and checked, with the stream's
+        # fast digest; the others with the record's.
+        stream = self._send(record=self._record(digests), digest='xxh3_64')
         self.assertEqual([helper.DATA] + [helper.SAME] + [helper.ZERO] * 3 +
                          [helper.SAME] * 3 + [helper.END],
                          self._kinds(stream))
         stats = jsonutils.loads(self._receive(stream).split(' ', 1)[1])
         self.assertEqual(self.data, self._read(self.dst))
         self.assertEqual(4 * CHUNK, stats['same_bytes'])
+        self.assertEqual(['xxh3_64', 'blake2b'],
+                         [stats['digest'], stats['same_digest']])
         self.assertEqual([], stats['stale'])
 
     def test_stale_record_is_reported_not_trusted(self):
@@ -346,26 +350,28 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         digests = self._precopy()
         all_data = [helper.DATA] * 2 + [helper.ZERO] * 3 + [helper.DATA] * 3
         for record in (self._record(digests, chunk=2 * CHUNK),
-                       self._record(digests, digest='sha256'),
+                       self._record(digests, digest='xxh3_64'),
+                       self._record(digests, digest='md5'),
                        self._record(digests, offset=CHUNK),
                        self._record(digests)[:-1], b''):
             stream = self._send(record=record)
             self.assertEqual(all_data + [helper.END], self._kinds(stream))
 
-    def test_record_needs_a_cryptographic_digest(self):
-        digests = self._precopy()
-        exc = self.assertRaises(helper.HelperError, self._send,
-                                digest='xxh3_64',
-                                record=self._record(digests, 'xxh3_64'))
-        self.assertIn('a record needs one of the digests', str(exc))
+    def test_same_records_need_a_cryptographic_digest(self):
+        # A forged SAME record in a stream without a record's digest.
         stream = bytearray(self._send(digest='xxh3_64'))
-        # A forged SAME record in a fast-digest stream is refused.
         first = len(helper.MAGIC) + helper.STREAM_HDR.size
         stream[first] = helper.SAME
         stream[first + helper.RECORD_HDR.size:
                first + helper.RECORD_HDR.size + CHUNK] = b''
         msg = self._assert_fails(helper.EXIT_PROTOCOL, bytes(stream))
-        self.assertIn('SAME record in a xxh3_64 stream', msg)
+        self.assertIn('SAME record in a stream without a cryptographic '
+                      'digest', msg)
+        # A first pass must record a cryptographic digest.
+        msg = self.assertRaises(helper.HelperError, self._receive,
+                                self._send(digest='xxh3_64', live=True),
+                                precopy=True)
+        self.assertIn('a first pass needs a cryptographic digest', str(msg))
 
     def test_only_a_first_pass_may_end_early(self):
         # The clock passes stop_after after three chunks.
