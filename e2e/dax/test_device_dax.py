@@ -163,6 +163,46 @@ class DeviceDaxTestCase(DaxTestBase):
         self.assertEqual(data, self.read(self.large)[:self.small[1]])
         self.assertEqual(self.small[1] - MIB, results[0]['zero_bytes'])
 
+    def test_precopy_while_another_process_writes_the_device(self):
+        # As a running guest's QEMU does: the source device is mapped and
+        # written while the first pass reads it.
+        path, size, _align = self.small
+        pair = vpmem_copy.NamespacePair(path, self.large[0], size)
+        self.fill(self.small, zero_every=4)
+        self.fill(self.large)
+        _digest, record_digest = vpmem_copy.check_namespaces(
+            [pair], helper=HELPER, root_helper=(), precopy=True)
+        script = (
+            'import mmap, os, random, sys, time\n'
+            'fd = os.open(sys.argv[1], os.O_RDWR)\n'
+            'm = mmap.mmap(fd, int(sys.argv[2]), mmap.MAP_SHARED)\n'
+            'print("mapped", flush=True)\n'
+            'while True:\n'
+            '    at = random.randrange(len(m) // 8192) * 4096\n'
+            '    m[at:at + 4096] = os.urandom(4096)\n'
+            '    time.sleep(0.002)\n')
+        writer = subprocess.Popen([sys.executable, '-c', script, path,
+                                   str(size)], stdout=subprocess.PIPE)
+        try:
+            self.assertEqual(b'mapped\n', writer.stdout.readline())
+            record = vpmem_copy.precopy_namespaces(
+                [pair], record_digest, helper=HELPER, root_helper=(),
+                bandwidth=8 * MIB)
+            # Only the first pass may read a device in use.
+            exc = self.raises(exception.VPMEMCopyFailed, self.copy, [pair],
+                              record=record)
+            self.assertIn('in use by process %d' % writer.pid, str(exc))
+        finally:
+            writer.kill()
+            writer.wait()
+            writer.stdout.close()
+        results = self.copy([pair], record=record, streams=2)
+        self.assertEqual(self.read(self.small),
+                         self.read(self.large)[:size])
+        # The writes changed chunks of the first half only.
+        self.assertGreater(results[0]['same_bytes'], 0)
+        self.assertLess(results[0]['same_bytes'], size * 3 // 4)
+
     def test_unaligned_offsets_and_lengths(self):
         data = self.fill(self.small)
         self.fill(self.large)

@@ -100,8 +100,9 @@ DIGEST_SIZE = 32
 RECORD_HDR = struct.Struct('<BQI%ds' % DIGEST_SIZE)
 DATA, ZERO, SAME, END = 1, 2, 3, 255
 # The record of an earlier pass (send --with-record, on stdin): RECORD_MAGIC,
-# a STREAM_HDR naming the record's digest and the range it covers, then one
-# digest per chunk of the range, all zero bytes for a chunk it has none for.
+# a STREAM_HDR naming the record's cryptographic digest, its fast digest
+# (may be empty) and the range it covers, then per chunk of the range the
+# two digests, all zero bytes for a chunk it has none for.
 RECORD_MAGIC = b'NVPMRC%d\n' % PROTOCOL
 NO_DIGEST = bytes(DIGEST_SIZE)
 
@@ -423,48 +424,73 @@ def _is_zero(view, zero):
 
 # -- subcommands -------------------------------------------------------------
 
-def _read_record(in_fd, offset, length, chunk):
-    """Read the record of an earlier pass.
+class _Record(object):
+    """The record of an earlier pass, as send --with-record reads it."""
 
-    :returns: (its digest, one digest or None per chunk), or (None, None)
-        when in doubt, and so every chunk is sent: a record for another
-        range or chunk size, with a digest that is not cryptographic or not
-        available here, or a truncated one.
+    def __init__(self, digest, fast_digest, chunks):
+        self.digest = digest
+        # Cheap to tell a chunk that changed; '' if not available here.
+        self.fast_digest = fast_digest
+        self.chunks = chunks
+
+
+def _read_record(in_fd, offset, length, chunk):
+    """Read the record of an earlier pass: one (digest, fast digest) or
+    None per chunk.
+
+    :returns: a _Record, or None when in doubt, and so every chunk is sent:
+        a record for another range or chunk size, with a digest that is not
+        cryptographic or not available here, or a truncated one.
     """
     count = -(-length // chunk)
     head = bytearray(len(RECORD_MAGIC) + STREAM_HDR.size)
-    data = bytearray(count * DIGEST_SIZE)
+    data = bytearray(count * 2 * DIGEST_SIZE)
     if (_read_exact(in_fd, memoryview(head)) == len(head) and
             head.startswith(RECORD_MAGIC) and
             _read_exact(in_fd, memoryview(data)) == len(data)):
-        name, _same, r_offset, r_length, r_chunk = STREAM_HDR.unpack_from(
+        name, fast, r_offset, r_length, r_chunk = STREAM_HDR.unpack_from(
             head, len(RECORD_MAGIC))
         digest = name.rstrip(b'\0').decode('ascii', 'replace')
+        fast = fast.rstrip(b'\0').decode('ascii', 'replace')
         if ((r_offset, r_length, r_chunk) == (offset, length, chunk) and
                 digest in CRYPTO_DIGESTS and
                 digest in available_digests()):
-            return digest, [None if d == NO_DIGEST else d for d in (
-                bytes(data[i:i + DIGEST_SIZE])
-                for i in range(0, len(data), DIGEST_SIZE))]
+            pairs = (
+                (bytes(data[i:i + DIGEST_SIZE]),
+                 bytes(data[i + DIGEST_SIZE:i + 2 * DIGEST_SIZE]))
+                for i in range(0, len(data), 2 * DIGEST_SIZE))
+            return _Record(
+                digest, fast if fast in available_digests() else '',
+                [None if d == NO_DIGEST else (d, f) for d, f in pairs])
     sys.stderr.write('nova-vpmem-copy send: the record on stdin does not '
                      'fit this range, sending every chunk\n')
-    return None, None
+    return None
 
 
-def _send_chunk(out_fd, pos, view, zero, digest, same_digest, recorded):
+def _send_chunk(out_fd, pos, view, zero, digest, record, recorded):
     if _is_zero(view, zero):
         _write_all(out_fd, RECORD_HDR.pack(ZERO, pos, len(view), b''))
         return
+    data_digest = None
     if recorded:
-        # Only a cryptographic digest may say that the chunk did not change.
-        chunk_digest = _digest(same_digest, view)
-        if chunk_digest == recorded:
-            # The destination holds it already; it checks that it does.
-            _write_all(out_fd, RECORD_HDR.pack(SAME, pos, len(view),
-                                               chunk_digest))
-            return
-    _write_all(out_fd, RECORD_HDR.pack(DATA, pos, len(view),
-                                       _digest(digest, view)))
+        changed = False
+        if record.fast_digest:
+            # A cheap digest that differs proves a change; one that matches
+            # proves nothing, as the guest may craft it.
+            fast = _digest(record.fast_digest, view)
+            changed = fast != recorded[1]
+            if record.fast_digest == digest:
+                data_digest = fast
+        if not changed:
+            chunk_digest = _digest(record.digest, view)
+            if chunk_digest == recorded[0]:
+                # The destination holds it already; it checks that it does.
+                _write_all(out_fd, RECORD_HDR.pack(SAME, pos, len(view),
+                                                   chunk_digest))
+                return
+    if data_digest is None:
+        data_digest = _digest(digest, view)
+    _write_all(out_fd, RECORD_HDR.pack(DATA, pos, len(view), data_digest))
     _write_all(out_fd, view)
 
 
@@ -481,8 +507,8 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
         many seconds (0: never); only a ``--precopy`` receiver accepts that.
     """
     ns, length = _check_device(device, offset, length, allow_in_use=live)
-    same_digest, record = (_read_record(record_fd, offset, length, chunk)
-                           if record_fd is not None else (None, None))
+    record = (_read_record(record_fd, offset, length, chunk)
+              if record_fd is not None else None)
     _prepare_pipe(out_fd)
     dev = _Mapping(device, offset, length, ns['align'], writable=False)
     zero = bytes(chunk)
@@ -491,18 +517,18 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
     start = time.monotonic()
     try:
         _write_all(out_fd, MAGIC + STREAM_HDR.pack(
-            digest.encode(), (same_digest or '').encode(), offset, length,
-            chunk))
+            digest.encode(), record.digest.encode() if record else b'',
+            offset, length, chunk))
         for pos in range(0, length, chunk):
             if stop_after and time.monotonic() - start > stop_after:
                 break
-            recorded = record[records] if record else None
+            recorded = record.chunks[records] if record else None
             with dev.view[pos:pos + chunk] as view:
                 if snapshot is not None:
                     # The guest may write to the chunk while it is sent.
                     snapshot[:len(view)] = view
                     view = snapshot[:len(view)]
-                _send_chunk(out_fd, pos, view, zero, digest, same_digest,
+                _send_chunk(out_fd, pos, view, zero, digest, record,
                             recorded)
             records += 1
             if rate:
@@ -516,13 +542,27 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
         dev.close()
 
 
+def _print_record(out, pos, view, digest):
+    """Print a landed chunk's digests for a first pass's record.
+
+    With the fast digest too, the second pass can tell most changed chunks
+    without the cryptographic digest.
+    """
+    fast = best_digest()
+    fast_hex = ('%s %s' % (fast, _digest_function(fast)(view).hex())
+                if fast not in CRYPTO_DIGESTS else '')
+    out.write('chunk %d %d %s %s\n' % (pos, len(view), digest.hex(),
+                                       fast_hex))
+
+
 def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
             precopy=False):
     """Write a framed stream into a range of a namespace.
 
     :param precopy: this is the first pass of a pre-copy: print ``chunk POS
-        LEN DIGEST`` for every DATA chunk that landed (the pass's record),
-        and accept a stream that ends before the end of the range.
+        LEN DIGEST [FAST-NAME FAST-DIGEST]`` for every DATA chunk that landed
+        (the pass's record), and accept a stream that ends before the end
+        of the range.
     """
     out = out or sys.stdout
     if source_offset is None:
@@ -595,8 +635,7 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
                                           (offset + pos))
                     stats['data_bytes'] += r_len
                     if precopy:
-                        out.write('chunk %d %d %s\n' % (pos, r_len,
-                                                        r_digest.hex()))
+                        _print_record(out, pos, view, r_digest)
                 elif kind == SAME:
                     if same_digest not in CRYPTO_DIGESTS:
                         raise HelperError(EXIT_PROTOCOL, 'SAME record in a '

@@ -110,8 +110,10 @@ class NamespacePair(collections.namedtuple(
 class Record(object):
     """What the first pass of a pre-copy left on the destination.
 
-    One digest per DATA chunk that landed, as the destination's helper
-    reported it after checking the chunk. A chunk is known by its pair,
+    The digests of each DATA chunk that landed, as the destination's helper
+    reported them after checking the chunk: the cryptographic ``digest``,
+    and ``fast_digest`` (if the destination has one) with which the second
+    pass tells most changed chunks cheaply. A chunk is known by its pair,
     its source and destination offsets and its length, so a chunk that a
     later pass splits otherwise has no record, and is sent.
     """
@@ -119,28 +121,36 @@ class Record(object):
     def __init__(self, digest, chunk_size):
         self.digest = digest
         self.chunk_size = chunk_size
-        self.chunks: dict[tuple, bytes] = {}
+        self.fast_digest: ty.Optional[str] = None
+        self.chunks: dict[tuple, tuple[bytes, bytes]] = {}
 
     @staticmethod
     def _key(stream, pos, length):
         return (stream.pair.source, stream.pair.dest, stream.offset + pos,
                 stream.dest_offset + pos, length)
 
-    def add(self, stream, pos, length, digest):
-        self.chunks[self._key(stream, pos, length)] = digest
+    def add(self, stream, pos, length, digest, fast_digest=None,
+            fast=b''):
+        if self.fast_digest is None:
+            self.fast_digest = fast_digest or ''
+        if fast_digest != self.fast_digest:
+            fast = b''
+        self.chunks[self._key(stream, pos, length)] = (digest, fast)
 
     def recorded_bytes(self):
         return sum(key[-1] for key in self.chunks)
 
     def for_stream(self, stream):
         """The record input of the stream's sender (send --with-record)."""
+        size = vpmem_helper.DIGEST_SIZE
         parts = [vpmem_helper.RECORD_MAGIC, vpmem_helper.STREAM_HDR.pack(
-            self.digest.encode(), b'', stream.offset, stream.length,
-            self.chunk_size)]
+            self.digest.encode(), (self.fast_digest or '').encode(),
+            stream.offset, stream.length, self.chunk_size)]
         for pos in range(0, stream.length, self.chunk_size):
             length = min(self.chunk_size, stream.length - pos)
-            parts.append(self.chunks.get(self._key(stream, pos, length),
-                                         vpmem_helper.NO_DIGEST))
+            digest, fast = self.chunks.get(self._key(stream, pos, length),
+                                           (bytes(size), b''))
+            parts += [digest, fast.ljust(size, b'\0')]
         return b''.join(parts)
 
 
@@ -326,9 +336,10 @@ class _Stream(object):
         for line in lines:
             word, _sep, rest = line.decode('utf-8', 'replace').partition(' ')
             if word == 'chunk' and self.recording:
-                pos, length, digest = rest.split()
-                self.recording.add(self, int(pos), int(length),
-                                   bytes.fromhex(digest))
+                pos, length, digest, *fast = rest.split()
+                self.recording.add(
+                    self, int(pos), int(length), bytes.fromhex(digest),
+                    *([fast[0], bytes.fromhex(fast[1])] if fast else []))
             elif word == 'progress':
                 self.done = int(rest)
             elif word == 'done':

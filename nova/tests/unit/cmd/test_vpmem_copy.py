@@ -115,11 +115,13 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         return kinds
 
     def _record(self, digests, digest='blake2b', offset=0, length=None,
-                chunk=CHUNK):
+                chunk=CHUNK, fast='xxh3_64'):
+        """A record of (digest, fast digest) or None per chunk."""
         length = self.size - offset if length is None else length
         return (helper.RECORD_MAGIC + helper.STREAM_HDR.pack(
-            digest.encode(), b'', offset, length, chunk) + b''.join(
-                d or helper.NO_DIGEST for d in digests))
+            digest.encode(), fast.encode(), offset, length, chunk) +
+            b''.join(d[0] + d[1].ljust(helper.DIGEST_SIZE, b'\0') if d
+                     else 2 * helper.NO_DIGEST for d in digests))
 
     def _precopy(self):
         """Send and receive a first pass; return the digests it printed."""
@@ -128,7 +130,9 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         for line in out.splitlines():
             word, *rest = line.split()
             if word == 'chunk':
-                digests[int(rest[0]) // CHUNK] = bytes.fromhex(rest[2])
+                self.assertEqual('xxh3_64', rest[3])
+                digests[int(rest[0]) // CHUNK] = (bytes.fromhex(rest[2]),
+                                                   bytes.fromhex(rest[4]))
         return digests
 
     def _assert_fails(self, code, stream, offset=0, length=None):
@@ -316,7 +320,8 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         self.assertEqual(self.data, self._read(self.dst))
         # Chunks 2 to 4 are zero: no data, no record.
         self.assertEqual([None] * 3, digests[2:5])
-        self.assertEqual(helper._digest('blake2b', self.data[:CHUNK]),
+        self.assertEqual((helper._digest('blake2b', self.data[:CHUNK]),
+                          helper._digest('xxh3_64', self.data[:CHUNK])[:8]),
                          digests[0])
         self.assertEqual(5, len([d for d in digests if d]))
 
@@ -336,6 +341,24 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         self.assertEqual(['xxh3_64', 'blake2b'],
                          [stats['digest'], stats['same_digest']])
         self.assertEqual([], stats['stale'])
+
+    def test_a_fast_digest_alone_never_makes_a_chunk_same(self):
+        digests = self._precopy()
+        # The fast digest matches, the cryptographic one does not (as with
+        # a crafted xxh3 collision): sent. The fast digest differs: sent,
+        # whatever the cryptographic one says.
+        digests[0] = (bytes(32), digests[0][1])
+        digests[1] = (digests[1][0], bytes(8))
+        stream = self._send(record=self._record(digests), digest='xxh3_64')
+        self.assertEqual([helper.DATA] * 2 + [helper.ZERO] * 3 +
+                         [helper.SAME] * 3 + [helper.END],
+                         self._kinds(stream))
+        # Without a fast digest in the record, the cryptographic one
+        # decides alone.
+        stream = self._send(record=self._record(digests, fast=''))
+        self.assertEqual([helper.DATA, helper.SAME] + [helper.ZERO] * 3 +
+                         [helper.SAME] * 3 + [helper.END],
+                         self._kinds(stream))
 
     def test_stale_record_is_reported_not_trusted(self):
         digests = self._precopy()
