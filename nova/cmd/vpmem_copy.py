@@ -80,6 +80,7 @@ import json
 import mmap
 import os
 import shutil
+import signal
 import stat
 import struct
 import subprocess  # nosec: B404 argv lists only, never a shell
@@ -111,6 +112,8 @@ MAX_CHUNK = 64 * 1024 * 1024
 PROGRESS_EVERY = 64 * 1024 * 1024
 # Seconds zero waits for other helpers to let go of the device.
 HELPER_EXIT_WAIT = 30
+# Seconds a helper stopped by zero gets between SIGTERM and SIGKILL.
+HELPER_KILL_GRACE = 5
 NAMESPACES_ENV = 'NOVA_VPMEM_COPY_NAMESPACES'
 # Programs run as root come from these directories only, whatever PATH the
 # caller had.
@@ -664,26 +667,41 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
     out.flush()
 
 
-def _wait_for_helpers(device, timeout=HELPER_EXIT_WAIT):
-    """Wait until no other helper has the device open.
+def _stop_helpers(device, timeout=HELPER_EXIT_WAIT,
+                  grace=HELPER_KILL_GRACE):
+    """Stop the other helpers that still have the device open.
 
-    A receiver whose caller was killed still writes what its stream had
-    buffered; zeroing must not run before it (a copy's rollback zeroes its
-    destinations right after stopping the copy).
+    Zeroing a destination means its copy was given up on, but a receiver
+    whose caller was killed may still write what its stream had buffered,
+    or hang: neither may write after the zeroing. They get SIGTERM, then
+    SIGKILL after ``grace`` seconds.
     """
     deadline = time.monotonic() + timeout
-    while _user_of(device, helpers=True):
-        if time.monotonic() > deadline:
-            raise HelperError(EXIT_DENIED, '%s is still used by another '
-                              'nova-vpmem-copy after %d seconds' % (
-                                  device, timeout))
+    signalled: dict[int, float] = {}
+    while True:
+        pid = _user_of(device, helpers=True)
+        if not pid:
+            return
+        now = time.monotonic()
+        if now > deadline:
+            raise HelperError(EXIT_DENIED, '%s is still used by '
+                              'nova-vpmem-copy process %d after %d seconds'
+                              % (device, pid, timeout))
+        try:
+            if pid not in signalled:
+                os.kill(pid, signal.SIGTERM)
+                signalled[pid] = now
+            elif now - signalled[pid] > grace:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         time.sleep(0.1)
 
 
 def zero(device, out=None, offset=0, length=None):
     out = out or sys.stdout
     ns, length = _check_device(device, offset, length)
-    _wait_for_helpers(os.path.realpath(device))
+    _stop_helpers(os.path.realpath(device))
     dev = _Mapping(device, offset, length, ns['align'], writable=True)
     chunk = DEFAULT_CHUNK
     zeroes = bytes(chunk)

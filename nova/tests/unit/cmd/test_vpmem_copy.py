@@ -15,6 +15,7 @@
 import io
 import itertools
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -411,30 +412,40 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         self.assertEqual(self.data[:3 * CHUNK],
                          self._read(self.dst)[:3 * CHUNK])
 
-    def _fake_helper(self, seconds):
+    def _fake_helper(self, seconds, ignore_term=False):
         """A process named like a helper that holds dst open."""
+        script = ('import signal, time\n'
+                  'if %s: signal.signal(signal.SIGTERM, signal.SIG_IGN)\n'
+                  'print("ready", flush=True)\n'
+                  'time.sleep(%s)\n' % (ignore_term, seconds))
         with open(self.dst, 'rb') as dst:
             proc = subprocess.Popen(
-                [sys.executable, '-c', 'import time; print("ready", '
-                 'flush=True); time.sleep(%s)' % seconds,
-                 'nova.cmd.vpmem_copy'], stdin=dst, stdout=subprocess.PIPE)
+                [sys.executable, '-c', script, 'nova.cmd.vpmem_copy'],
+                stdin=dst, stdout=subprocess.PIPE)
         self.addCleanup(proc.wait)
         self.addCleanup(proc.kill)
         self.addCleanup(proc.stdout.close)
         self.assertEqual(b'ready\n', proc.stdout.readline())
         return proc
 
-    def test_zero_waits_for_a_helper_still_writing(self):
-        writer = self._fake_helper(1)
-        start = helper.time.monotonic()
+    def test_zero_stops_a_helper_still_holding_the_device(self):
+        # A receiver left behind by a stopped copy may still write, or hang.
+        writer = self._fake_helper(60)
         helper.zero(self.dst, out=io.StringIO())
-        self.assertIsNotNone(writer.poll())
-        self.assertGreater(helper.time.monotonic() - start, 0.5)
+        self.assertEqual(-signal.SIGTERM, writer.wait(timeout=10))
         self.assertEqual(bytes(self.size), self._read(self.dst))
-        self._fake_helper(30)
-        exc = self.assertRaises(helper.HelperError, helper._wait_for_helpers,
-                                os.path.realpath(self.dst), timeout=0.3)
-        self.assertIn('still used by another nova-vpmem-copy', str(exc))
+        stubborn = self._fake_helper(60, ignore_term=True)
+        helper._stop_helpers(os.path.realpath(self.dst), grace=0.3)
+        self.assertEqual(-signal.SIGKILL, stubborn.wait(timeout=10))
+
+    def test_zero_fails_when_a_helper_cannot_be_stopped(self):
+        holder = self._fake_helper(60)
+        with mock.patch.object(helper.os, 'kill'):
+            exc = self.assertRaises(helper.HelperError,
+                                    helper._stop_helpers,
+                                    os.path.realpath(self.dst), timeout=0.3)
+        self.assertIn('still used by nova-vpmem-copy process %d' %
+                      holder.pid, str(exc))
 
     def test_check_reports_protocol_and_digests(self):
         out = io.StringIO()
