@@ -284,15 +284,20 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         self.assertEqual(helper.EXIT_DENIED, exc.code)
         self.assertIn('in use by process %d' % user.pid, str(exc))
 
+    def _map_and_close(self, path):
+        """A process that maps path and closes its descriptor, as QEMU may."""
+        user = subprocess.Popen([sys.executable, '-c', _MAP_AND_CLOSE, path],
+                                stdout=subprocess.PIPE)
+        self.addCleanup(user.wait)
+        self.addCleanup(user.kill)
+        self.addCleanup(user.stdout.close)
+        self.assertEqual(b'mapped\n', user.stdout.readline())
+        return user
+
     def test_device_mapped_by_another_process_is_refused(self):
         # QEMU maps the namespace of a running guest; it need not keep a
         # file descriptor open.
-        user = subprocess.Popen(
-            [sys.executable, '-c', _MAP_AND_CLOSE, self.dst],
-            stdout=subprocess.PIPE)
-        self.addCleanup(user.wait)
-        self.addCleanup(user.kill)
-        self.assertEqual(b'mapped\n', user.stdout.readline())
+        user = self._map_and_close(self.dst)
         fd_dir = '/proc/%d/fd' % user.pid
         self.assertNotIn(self.dst, [os.readlink(os.path.join(fd_dir, fd))
                                     for fd in os.listdir(fd_dir)])
@@ -302,12 +307,7 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
     def test_live_send_reads_a_device_in_use(self):
         # Only send, and only with live, may read a running guest's
         # namespace.
-        user = subprocess.Popen(
-            [sys.executable, '-c', _MAP_AND_CLOSE, self.src],
-            stdout=subprocess.PIPE)
-        self.addCleanup(user.wait)
-        self.addCleanup(user.kill)
-        self.assertEqual(b'mapped\n', user.stdout.readline())
+        user = self._map_and_close(self.src)
         exc = self.assertRaises(helper.HelperError, self._send)
         self.assertIn('in use by process %d' % user.pid, str(exc))
         self._receive(self._send(live=True))
