@@ -10,38 +10,49 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Whose data each vPMEM namespace of this host may hold.
+"""The one owner of this host's vPMEM namespaces and of their data.
 
 The bytes of a vPMEM namespace belong to the server that holds it, for as
-long as it holds it on this host, and to nobody after. The libvirt driver
-zeroes a namespace when a server gives it up, but zeroing can fail or never
-run: the host may be unreachable when a failed copy is rolled back, or
-nova-compute may stop half way through a move. So the driver also records
-here, per namespace, either the server whose data it may hold or that it is
-known to be zeroed, and zeroes a namespace before it gives it to another
-server (see ``LibvirtDriver._take_vpmems``).
+long as it holds it on this host, and to nobody after. Every decision the
+libvirt driver makes about a namespace of this host is made here:
+
+* which namespaces an instance gives up, and that they are zeroed then
+  (``to_release`` and ``zero``);
+* that a namespace given to an instance holds nothing of another one
+  (``take``);
+* that a namespace nobody holds any more is zeroed within one
+  ``update_available_resource`` interval (``release_unheld``), whatever
+  stopped the zeroing on release: a failed or crashed move, a deleted
+  server whose copy never finished, an unreachable host;
+* the record of whose data each namespace may hold, which every zeroing
+  updates (``zero``), whichever tool zeroed.
 
 A namespace with no record (a host upgraded from a release without this
 record, or a namespace added later) may hold anything and is zeroed before
 its first use.
 
 The record is a small JSON file, ``vpmem-owners-<host>.json`` in
-``[DEFAULT] instances_path``, named after the compute host because that
-path may be shared between hosts. It is rewritten atomically on every
-change, so it survives a crash of nova-compute or of the host.
+``[DEFAULT] state_path``, next to nova-compute's other host-local state
+(``compute_id``). It is rewritten atomically on every change, so it
+survives a crash of nova-compute or of the host.
 """
 
 import os
 import tempfile
 import threading
 
+from oslo_log import log as logging
 from oslo_serialization import jsonutils
 
+from nova import exception
+import nova.privsep.libvirt
+
+LOG = logging.getLogger(__name__)
 ZEROED = 'zeroed'
 
 
 class NamespaceOwners(object):
-    """The persistent record of whose data each namespace may hold.
+    """This host's vPMEM namespaces: who may hold each, and their zeroing.
 
     :param directory: the directory of the record, read when it is first
         needed, so that the driver can be created before the directory
@@ -54,6 +65,15 @@ class NamespaceOwners(object):
         self.host = host
         self._owners = None
         self._lock = threading.Lock()
+        # Held by take() and release_unheld() from their decision to the
+        # end of their zeroing, so that the periodic release never zeroes a
+        # namespace that was given to an instance meanwhile.
+        self._handover = threading.Lock()
+        # How many changes the record had, and the last change of each
+        # namespace: release_unheld() leaves alone what changed after the
+        # caller listed who holds what.
+        self.generation = 0
+        self._changed = {}
 
     @property
     def path(self):
@@ -92,9 +112,135 @@ class NamespaceOwners(object):
         with self._lock:
             owners = dict(self._load())
             owners.update((name, owner) for name in names)
+            self.generation += 1
+            self._changed.update((name, self.generation) for name in names)
             if owners != self._owners:
                 self._write(owners)
                 self._owners = owners
+
+    def zero(self, vpmems, tool=None):
+        """Zero namespaces of this host and record that they are zeroed.
+
+        This is the only way a namespace of this host is zeroed.
+
+        :param vpmems: ``LibvirtVPMEMDevice`` objects of this host
+        :param tool: callable(devpaths) that zeroes the namespaces and
+            returns the device paths it could not zero; by default each one
+            is zeroed with daxio through privsep
+        :raises: VPMEMCleanupFailed if a namespace was not zeroed; those
+            zeroed before it are recorded as zeroed
+        """
+        vpmems = list(vpmems)
+        if not vpmems:
+            return
+        if tool is not None:
+            dirty = set(tool([v.devpath for v in vpmems]))
+            self.set([v.name for v in vpmems if v.devpath not in dirty],
+                     ZEROED)
+            if dirty:
+                raise exception.VPMEMCleanupFailed(
+                    dev=', '.join(sorted(dirty)), error='not zeroed')
+            return
+        zeroed = []
+        try:
+            for vpmem in vpmems:
+                try:
+                    nova.privsep.libvirt.cleanup_vpmem(vpmem.devpath)
+                except Exception as e:
+                    raise exception.VPMEMCleanupFailed(dev=vpmem.devpath,
+                                                       error=e)
+                zeroed.append(vpmem.name)
+        finally:
+            if zeroed:
+                self.set(zeroed, ZEROED)
+
+    def to_release(self, instance_uuid, on_this_host, held, vpmems_by_name):
+        """Return this host's namespaces that an instance gives up.
+
+        :param on_this_host: the instance is on this host, so ``held`` (the
+            namespaces of its resources here) is what it gives up. An
+            instance that is not (one evacuated from this host, a failed
+            build, the destination of a failed live migration) may list the
+            resources of another host, whose names can be those of other
+            instances' namespaces here, so what it gives up is what this
+            host recorded as its own.
+        :param held: ``LibvirtVPMEMDevice`` objects of the instance's
+            resources on this host
+        :param vpmems_by_name: every vPMEM namespace of this host
+        """
+        if not vpmems_by_name:
+            return []
+        if on_this_host:
+            return list(held)
+        names = self.owned_by(instance_uuid)
+        return [v for v in vpmems_by_name.values() if v.name in names]
+
+    def take(self, instance_uuid, vpmems, empty=False):
+        """Give vPMEM namespaces of this host to an instance.
+
+        A namespace is given to an instance only when it is known to be
+        zeroed or to hold this instance's data already. Any other namespace
+        (one whose zeroing failed or never ran, or that this host has no
+        record of) is zeroed first, so that no instance ever sees the data
+        of another one.
+
+        :param empty: the instance must get empty namespaces, so that one
+            left with its own data by an earlier failed move is zeroed too
+        :raises: VPMEMCleanupFailed if a namespace cannot be zeroed
+        """
+        keep = (ZEROED,) if empty else (ZEROED, instance_uuid)
+        with self._handover:
+            dirty = []
+            for vpmem in vpmems:
+                owner = self.get(vpmem.name)
+                if owner not in keep:
+                    LOG.warning('Zeroing vPMEM namespace %(name)s (%(dev)s) '
+                                'before its first use by instance %(uuid)s: '
+                                'it may hold the data of %(owner)s.',
+                                {'name': vpmem.name, 'dev': vpmem.devpath,
+                                 'uuid': instance_uuid,
+                                 'owner': owner or 'an unknown instance'})
+                    dirty.append(vpmem)
+            self.zero(dirty)
+            if vpmems:
+                self.set([v.name for v in vpmems], instance_uuid)
+
+    def release_unheld(self, holders, since, vpmems_by_name):
+        """Zero the namespaces whose recorded owner no longer holds them.
+
+        A namespace recorded as an instance's that is not in ``holders``
+        (deleted, moved away, the destination of a failed or crashed move)
+        holds data nobody may see again: it is zeroed now rather than
+        before its next use, so that it does not stay at rest on this host.
+
+        :param holders: the UUIDs of the instances that may hold namespaces
+            of this host: those on this host and those of the moves from or
+            to this host in progress
+        :param since: ``generation`` before ``holders`` was listed; a
+            namespace given to an instance after it is left alone
+        :param vpmems_by_name: every vPMEM namespace of this host
+        :returns: the names of the namespaces zeroed
+        """
+        released = []
+        for name, vpmem in sorted(vpmems_by_name.items()):
+            with self._handover:
+                owner = self.get(name)
+                if (owner in (None, ZEROED) or owner in holders or
+                        self._changed.get(name, 0) > since):
+                    continue
+                LOG.info('Zeroing vPMEM namespace %(name)s (%(dev)s): '
+                         'instance %(owner)s no longer holds it on this '
+                         'host.',
+                         {'name': name, 'dev': vpmem.devpath, 'owner': owner})
+                try:
+                    self.zero([vpmem])
+                except exception.VPMEMCleanupFailed as e:
+                    LOG.error('Could not zero vPMEM namespace %(name)s, '
+                              'trying again at the next periodic update: '
+                              '%(error)s', {'name': name, 'error': e})
+                    continue
+            released.append(name)
+        return released
 
     def _write(self, owners):
         os.makedirs(self._directory, exist_ok=True)

@@ -17,6 +17,8 @@ import fixtures
 from oslo_serialization import jsonutils
 from oslo_utils.fixture import uuidsentinel as uuids
 
+from nova import exception
+from nova import objects
 from nova import test
 from nova.virt.libvirt import vpmem_owners
 
@@ -26,7 +28,7 @@ class NamespaceOwnersTestCase(test.NoDBTestCase):
     def setUp(self):
         super().setUp()
         self.dir = os.path.join(self.useFixture(fixtures.TempDir()).path,
-                                'instances')
+                                'state')
         self.owners = vpmem_owners.NamespaceOwners(self.dir, 'host1')
 
     def test_unknown_without_a_record(self):
@@ -78,3 +80,70 @@ class NamespaceOwnersTestCase(test.NoDBTestCase):
         self.assertEqual(uuids.instance, vpmem_owners.NamespaceOwners(
             self.dir, 'host1').get('ns_0'))
         self.assertEqual(['vpmem-owners-host1.json'], os.listdir(self.dir))
+
+
+class NamespaceLifecycleTestCase(test.NoDBTestCase):
+    """The decisions of the owner, asserted on what is zeroed."""
+
+    def setUp(self):
+        super().setUp()
+        self.owners = vpmem_owners.NamespaceOwners(
+            self.useFixture(fixtures.TempDir()).path, 'host1')
+        self.cleanup_vpmem = self.useFixture(fixtures.MockPatch(
+            'nova.privsep.libvirt.cleanup_vpmem')).mock
+        self.vpmems = {
+            'ns_%d' % i: objects.LibvirtVPMEMDevice(
+                name='ns_%d' % i, devpath='/dev/dax0.%d' % i)
+            for i in range(4)}
+
+    def _zeroed(self):
+        return sorted(c.args[0] for c in self.cleanup_vpmem.call_args_list)
+
+    def test_zero_with_another_tool_updates_the_record(self):
+        # Whichever tool zeroes, the record says what it zeroed.
+        self.owners.set(['ns_0', 'ns_1'], uuids.instance)
+        tool = mock.Mock(return_value=['/dev/dax0.1'])
+        self.assertRaises(exception.VPMEMCleanupFailed, self.owners.zero,
+                          [self.vpmems['ns_0'], self.vpmems['ns_1']],
+                          tool=tool)
+        tool.assert_called_once_with(['/dev/dax0.0', '/dev/dax0.1'])
+        self.assertEqual([], self._zeroed())
+        self.assertEqual(vpmem_owners.ZEROED, self.owners.get('ns_0'))
+        self.assertEqual(uuids.instance, self.owners.get('ns_1'))
+
+    def test_release_unheld_zeroes_what_nobody_holds(self):
+        self.owners.set(['ns_0'], uuids.deleted)
+        self.owners.set(['ns_1'], uuids.on_this_host)
+        self.owners.set(['ns_2'], vpmem_owners.ZEROED)
+        since = self.owners.generation
+        released = self.owners.release_unheld(
+            {uuids.on_this_host}, since, self.vpmems)
+        self.assertEqual(['ns_0'], released)
+        self.assertEqual(['/dev/dax0.0'], self._zeroed())
+        self.assertEqual(vpmem_owners.ZEROED, self.owners.get('ns_0'))
+        self.assertEqual(uuids.on_this_host, self.owners.get('ns_1'))
+        # ns_3 has no record: it is zeroed before its first use instead.
+        self.assertIsNone(self.owners.get('ns_3'))
+
+    def test_release_unheld_leaves_what_was_taken_meanwhile(self):
+        # The holders were listed before an incoming move took ns_0.
+        since = self.owners.generation
+        self.owners.take(uuids.incoming, [self.vpmems['ns_0']])
+        self.cleanup_vpmem.reset_mock()
+        self.assertEqual([], self.owners.release_unheld(
+            set(), since, self.vpmems))
+        self.assertEqual([], self._zeroed())
+        self.assertEqual(uuids.incoming, self.owners.get('ns_0'))
+        # One interval later the incoming move is gone: zeroed.
+        self.assertEqual(['ns_0'], self.owners.release_unheld(
+            set(), self.owners.generation, self.vpmems))
+
+    def test_release_unheld_tries_again_after_a_failure(self):
+        self.owners.set(['ns_0', 'ns_1'], uuids.deleted)
+        self.cleanup_vpmem.side_effect = [test.TestingException, None]
+        self.assertEqual(['ns_1'], self.owners.release_unheld(
+            set(), self.owners.generation, self.vpmems))
+        self.assertEqual(uuids.deleted, self.owners.get('ns_0'))
+        self.cleanup_vpmem.side_effect = None
+        self.assertEqual(['ns_0'], self.owners.release_unheld(
+            set(), self.owners.generation, self.vpmems))
