@@ -194,6 +194,8 @@ class NovaCloud(integrated_helpers.LibvirtProviderUsageBaseTestCase):
         self.flags(pmem_namespaces=ns_mod.PMEM_NAMESPACES_OPTION,
                    group='libvirt')
         self.flags(instances_path=str(env.base / 'instances'))
+        # Each host's record of whose data its namespaces hold.
+        self.flags(state_path=str(env.base / 'state'))
         self.flags(allow_resize_to_same_host=False)
         configure_copy_options(self.flags, env)
         # Nova's privsep entry points run in-process (no privsep daemon),

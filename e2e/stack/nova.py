@@ -70,7 +70,8 @@ def controller_config():
     return sections
 
 
-def compute_config(host, known_hosts):
+def compute_config(host, known_hosts, extra=None):
+    """host's nova.conf; extra: {section: {option: value}} on top."""
     sections = _common(host.address)
     sections['DEFAULT'].update({
         'host': host.name,
@@ -100,6 +101,8 @@ def compute_config(host, known_hosts):
                            '/etc/nova/nova.conf' % (
                                host.venv_bin / 'privsep-helper')},
     })
+    for section, values in (extra or {}).items():
+        sections.setdefault(section, {}).update(values)
     return sections
 
 

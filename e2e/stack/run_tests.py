@@ -12,7 +12,8 @@
 
 """The ``cloud`` test group: one bring-up, the tests, and a tear-down.
 
-The tests are the rolling upgrade, the tour, and upstream Tempest's compute
+The tests are the rolling upgrade, the tour, nova-compute killed mid-move
+(``test_crash``), and upstream Tempest's compute
 API tests (``tempest``), in that order; arguments pick some of them by
 unittest name or as ``tempest``. Prints the wall time and the machine's
 peak memory in use while the group ran, and ends with "N passed, N failed,
@@ -32,7 +33,8 @@ from e2e.stack import tempest
 # The upgrade first: its last step retires the unpatched compute, after
 # which the copy is allowed again for the tour. Upstream Tempest last, on
 # the two patched computes.
-MODULES = ('e2e.stack.test_upgrade', 'e2e.stack.test_cloud')
+MODULES = ('e2e.stack.test_upgrade', 'e2e.stack.test_cloud',
+           'e2e.stack.test_crash')
 TEMPEST = 'tempest'
 
 

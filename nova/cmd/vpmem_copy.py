@@ -110,6 +110,10 @@ NO_DIGEST = bytes(DIGEST_SIZE)
 DEFAULT_CHUNK = 1024 * 1024
 MAX_CHUNK = 64 * 1024 * 1024
 PROGRESS_EVERY = 64 * 1024 * 1024
+# ... and at least this often (seconds), so that a receiver whose caller
+# died (a killed nova-compute) fails on its next write within a second, and
+# with it the ssh connection and the sender, instead of copying on.
+PROGRESS_SECONDS = 1.0
 # Seconds zero waits for other helpers to let go of the device.
 HELPER_EXIT_WAIT = 30
 # Seconds a helper stopped by zero gets between SIGTERM and SIGKILL.
@@ -603,6 +607,7 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
              'zero_filled_bytes': 0, 'same_bytes': 0, 'stale': []}
     pos = records = 0
     next_progress = PROGRESS_EVERY
+    progress_due = time.monotonic() + PROGRESS_SECONDS
     rec = bytearray(RECORD_HDR.size)
     try:
         while True:
@@ -656,10 +661,11 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
                     stats['zero_bytes'] += r_len
             pos += r_len
             records += 1
-            if pos >= next_progress:
+            if pos >= next_progress or time.monotonic() >= progress_due:
                 out.write('progress %d\n' % pos)
                 out.flush()
-                next_progress += PROGRESS_EVERY
+                next_progress = pos + PROGRESS_EVERY
+                progress_due = time.monotonic() + PROGRESS_SECONDS
         dev.persist()
     finally:
         dev.close()

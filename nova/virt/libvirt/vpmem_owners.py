@@ -125,8 +125,9 @@ class NamespaceOwners(object):
 
         :param vpmems: ``LibvirtVPMEMDevice`` objects of this host
         :param tool: callable(devpaths) that zeroes the namespaces and
-            returns the device paths it could not zero; by default each one
-            is zeroed with daxio through privsep
+            returns the device paths it could not zero; by default, and when
+            the tool cannot run at all, each one is zeroed with daxio
+            through privsep
         :raises: VPMEMCleanupFailed if a namespace was not zeroed; those
             zeroed before it are recorded as zeroed
         """
@@ -134,13 +135,17 @@ class NamespaceOwners(object):
         if not vpmems:
             return
         if tool is not None:
-            dirty = set(tool([v.devpath for v in vpmems]))
-            self.set([v.name for v in vpmems if v.devpath not in dirty],
-                     ZEROED)
-            if dirty:
-                raise exception.VPMEMCleanupFailed(
-                    dev=', '.join(sorted(dirty)), error='not zeroed')
-            return
+            try:
+                dirty = set(tool([v.devpath for v in vpmems]))
+            except Exception as e:
+                LOG.warning('Zeroing vPMEM namespaces with daxio: %s', e)
+            else:
+                self.set([v.name for v in vpmems if v.devpath not in dirty],
+                         ZEROED)
+                if dirty:
+                    raise exception.VPMEMCleanupFailed(
+                        dev=', '.join(sorted(dirty)), error='not zeroed')
+                return
         zeroed = []
         try:
             for vpmem in vpmems:
@@ -205,7 +210,7 @@ class NamespaceOwners(object):
             if vpmems:
                 self.set([v.name for v in vpmems], instance_uuid)
 
-    def release_unheld(self, holders, since, vpmems_by_name):
+    def release_unheld(self, holders, since, vpmems_by_name, tool=None):
         """Zero the namespaces whose recorded owner no longer holds them.
 
         A namespace recorded as an instance's that is not in ``holders``
@@ -219,6 +224,7 @@ class NamespaceOwners(object):
         :param since: ``generation`` before ``holders`` was listed; a
             namespace given to an instance after it is left alone
         :param vpmems_by_name: every vPMEM namespace of this host
+        :param tool: see zero()
         :returns: the names of the namespaces zeroed
         """
         released = []
@@ -233,7 +239,7 @@ class NamespaceOwners(object):
                          'host.',
                          {'name': name, 'dev': vpmem.devpath, 'owner': owner})
                 try:
-                    self.zero([vpmem])
+                    self.zero([vpmem], tool=tool)
                 except exception.VPMEMCleanupFailed as e:
                     LOG.error('Could not zero vPMEM namespace %(name)s, '
                               'trying again at the next periodic update: '

@@ -152,6 +152,21 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         self.assertEqual(3 * CHUNK, stats['zero_filled_bytes'])
         self.assertEqual(self.size - 3 * CHUNK, stats['data_bytes'])
 
+    def test_receive_reports_progress_at_least_every_second(self):
+        # A receiver whose caller died fails on its next progress line
+        # instead of copying on: one is due after each chunk here.
+        self.useFixture(fixtures.MockPatchObject(
+            helper, 'PROGRESS_SECONDS', 0))
+        out = self._receive(self._send())
+        progress = [int(line.split()[1]) for line in out.splitlines()
+                    if line.startswith('progress ')]
+        self.assertEqual(list(range(CHUNK, self.size + 1, CHUNK)), progress)
+
+    def test_receive_reports_no_progress_for_a_short_fast_copy(self):
+        out = self._receive(self._send())
+        self.assertFalse([line for line in out.splitlines()
+                          if line.startswith('progress ')])
+
     def test_zero_chunks_are_not_on_the_wire(self):
         stream = self._send()
         self.assertLess(len(stream), self.size - 3 * CHUNK + 4096)

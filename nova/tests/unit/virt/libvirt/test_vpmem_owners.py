@@ -111,6 +111,12 @@ class NamespaceLifecycleTestCase(test.NoDBTestCase):
         self.assertEqual(vpmem_owners.ZEROED, self.owners.get('ns_0'))
         self.assertEqual(uuids.instance, self.owners.get('ns_1'))
 
+    def test_zero_falls_back_to_daxio_when_the_tool_cannot_run(self):
+        tool = mock.Mock(side_effect=test.TestingException)
+        self.owners.zero([self.vpmems['ns_0']], tool=tool)
+        self.assertEqual(['/dev/dax0.0'], self._zeroed())
+        self.assertEqual(vpmem_owners.ZEROED, self.owners.get('ns_0'))
+
     def test_release_unheld_zeroes_what_nobody_holds(self):
         self.owners.set(['ns_0'], uuids.deleted)
         self.owners.set(['ns_1'], uuids.on_this_host)
