@@ -37,6 +37,7 @@ The record is a small JSON file, ``vpmem-owners-<host>.json`` in
 survives a crash of nova-compute or of the host.
 """
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -74,6 +75,8 @@ class NamespaceOwners(object):
         # caller listed who holds what.
         self.generation = 0
         self._changed = {}
+        # Instances whose guest is torn down only to start again here.
+        self._kept = set()
 
     @property
     def path(self):
@@ -159,6 +162,19 @@ class NamespaceOwners(object):
             if zeroed:
                 self.set(zeroed, ZEROED)
 
+    @contextlib.contextmanager
+    def kept(self, instance_uuid):
+        """Within it, the instance gives none of its namespaces up.
+
+        For a guest torn down only to be started again on this host (a
+        hard reboot, which goes through the driver's destroy()).
+        """
+        self._kept.add(instance_uuid)
+        try:
+            yield
+        finally:
+            self._kept.discard(instance_uuid)
+
     def to_release(self, instance_uuid, on_this_host, held, vpmems_by_name):
         """Return this host's namespaces that an instance gives up.
 
@@ -173,7 +189,7 @@ class NamespaceOwners(object):
             resources on this host
         :param vpmems_by_name: every vPMEM namespace of this host
         """
-        if not vpmems_by_name:
+        if not vpmems_by_name or instance_uuid in self._kept:
             return []
         if on_this_host:
             return list(held)

@@ -111,6 +111,14 @@ class NamespaceLifecycleTestCase(test.NoDBTestCase):
         self.assertEqual(vpmem_owners.ZEROED, self.owners.get('ns_0'))
         self.assertEqual(uuids.instance, self.owners.get('ns_1'))
 
+    def test_a_kept_instance_gives_nothing_up(self):
+        held = [self.vpmems['ns_0']]
+        with self.owners.kept(uuids.instance):
+            self.assertEqual([], self.owners.to_release(
+                uuids.instance, True, held, self.vpmems))
+        self.assertEqual(held, self.owners.to_release(
+            uuids.instance, True, held, self.vpmems))
+
     def test_zero_falls_back_to_daxio_when_the_tool_cannot_run(self):
         tool = mock.Mock(side_effect=test.TestingException)
         self.owners.zero([self.vpmems['ns_0']], tool=tool)
