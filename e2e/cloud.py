@@ -194,8 +194,11 @@ class NovaCloud(integrated_helpers.LibvirtProviderUsageBaseTestCase):
         self.flags(pmem_namespaces=ns_mod.PMEM_NAMESPACES_OPTION,
                    group='libvirt')
         self.flags(instances_path=str(env.base / 'instances'))
-        # Each host's record of whose data its namespaces hold.
+        # Each host's record of whose data its namespaces hold lives in
+        # the state path; nova's API paste file is found through it too.
+        api_paste = CONF.wsgi.api_paste_config     # resolved: absolute
         self.flags(state_path=str(env.base / 'state'))
+        self.flags(api_paste_config=api_paste, group='wsgi')
         self.flags(allow_resize_to_same_host=False)
         configure_copy_options(self.flags, env)
         # Nova's privsep entry points run in-process (no privsep daemon),
@@ -305,19 +308,22 @@ class NovaCloud(integrated_helpers.LibvirtProviderUsageBaseTestCase):
 
         for name in ('migrate_disk_and_power_off', 'finish_migration',
                      'finish_revert_migration', 'confirm_migration',
-                     'destroy', 'cleanup'):
+                     'destroy', 'cleanup', 'get_available_resource'):
             setattr(driver, name, on_host(getattr(driver, name)))
 
-        # Record every namespace Nova zeroes, and refuse a device that is
-        # not this host's: zeroing with the other host's table is a bug.
-        original_cleanup = driver._cleanup_vpmems
+        # Record every namespace Nova zeroes (through its one zeroing path,
+        # whichever tool zeroes), and refuse a device that is not this
+        # host's: zeroing with the other host's table is a bug.
+        owners = driver._vpmem_owners
+        original_zero = owners.zero
 
-        def cleanup_vpmems(vpmems):
+        def zero(vpmems, tool=None):
+            vpmems = list(vpmems)
             for vpmem in vpmems:
                 host.namespaces.by_devpath(vpmem.devpath)   # KeyError if not
-                self.zeroed.append((host.name, vpmem.devpath))
-            return original_cleanup(vpmems)
-        driver._cleanup_vpmems = cleanup_vpmems
+            original_zero(vpmems, tool=tool)
+            self.zeroed.extend((host.name, v.devpath) for v in vpmems)
+        owners.zero = zero
 
     # -- queries ------------------------------------------------------------
 

@@ -381,12 +381,12 @@ class TestCopyFaults(E2ETestCase):
         migration, _ = self.sc.migrate(self.server, copy=True)
         self.assert_rolled_back(migration)
 
-    def test_destination_that_could_not_be_wiped_is_zeroed_before_reuse(
+    def test_destination_that_could_not_be_wiped_is_zeroed_by_its_host(
             self):
         """The copy fails and so does the wipe of what it wrote on B.
 
-        The copied bytes stay on hostB until hostB gives the namespace to
-        another server: it zeroes the namespace first.
+        The copied bytes stay on hostB until its next periodic resource
+        update, which zeroes the namespace: nobody holds it any more.
         """
         self.env.arm(self.env.b, 'receive', 4 * MIB, 'fail')
         self.env.arm(self.env.b, 'zero', 0, 'fail')
@@ -401,9 +401,12 @@ class TestCopyFaults(E2ETestCase):
                  if not ns_mod.is_zero(ns.backing, ns.size)]
         self.assertEqual(1, len(dirty), 'the fault left nothing on hostB')
         # The periodic resource update releases the failed move's claim on
-        # hostB; then its two SMALL namespaces go to two new servers.
+        # hostB and zeroes what the move left; then its two SMALL
+        # namespaces go to two new servers.
         self.cloud.computes['hostB'].manager.update_available_resource(
             nova_context.get_admin_context())
+        self.assertTrue(ns_mod.is_zero(dirty[0].backing, dirty[0].size))
+        self.assertEqual([('hostB', dirty[0].devpath)], self.cloud.zeroed[-1:])
         for _ in range(2):
             other = self.sc.boot(self.env.b)
             host, namespaces = self.cloud.namespaces_of(other)
