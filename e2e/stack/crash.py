@@ -268,7 +268,7 @@ class CrashTour(object):
         return scenario.Step(
             'SIGKILL of hostB\'s nova-compute during the copy', ok,
             'on %s after the restart and confirm; copy processes left: %s '
-            '(%.0f s after the kill); hostA zero: %s' % (
+            '(checked %.0f s after the kill); hostA zero: %s' % (
                 self.server.host, left or 'none', gone_after, zero), line)
 
     def delete(self):
