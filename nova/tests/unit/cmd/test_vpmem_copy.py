@@ -162,7 +162,10 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
                     if line.startswith('progress ')]
         self.assertEqual(list(range(CHUNK, self.size + 1, CHUNK)), progress)
 
-    def test_receive_reports_no_progress_for_a_short_fast_copy(self):
+    def test_receive_reports_progress_by_size(self):
+        # Below PROGRESS_EVERY bytes, and with no second due, nothing.
+        self.useFixture(fixtures.MockPatchObject(
+            helper, 'PROGRESS_SECONDS', 3600))
         out = self._receive(self._send())
         self.assertFalse([line for line in out.splitlines()
                           if line.startswith('progress ')])
