@@ -30,6 +30,16 @@ each round the variants are run one after the other on every data set
            destination dirty or pre-zeroed, once with verification off and
            once with a single stream (the default is --streams)
 
+With --ab REV [REV ...] it compares checkouts instead: each REV is a git
+revision of this repository (or "workspace" for .workspace/nova as it is
+now, edits included), built with that revision's own tools/workspace into a
+temporary directory. Every round runs ssh-cat and then each checkout's
+engine and helper (copier, dst dirty, verified), in a rotated order, on
+every data set; each engine runs in its own process, imported before
+anything is timed. The report gives each checkout's MB/s, CPU-s/GB and
+ratio to ssh-cat, its ratio to the first checkout, and every round's
+figures, so a change can show what it costs.
+
 With --downtime it measures instead what a cold migration's guest sees: the
 fixed cost of a copy (where it goes: ssh, helper start, the copy of a tiny
 namespace with 1 and 2 streams) and the downtime, from power-off to the end
@@ -51,6 +61,8 @@ Run it as root from the top of this repository after tools/workspace build
   .venv/bin/python tools/bench_vpmem_copy.py                  # 4 GiB
   .venv/bin/python tools/bench_vpmem_copy.py --size-mib 1024 --rounds 3
   .venv/bin/python tools/bench_vpmem_copy.py --downtime --size-mib 2048
+  .venv/bin/python tools/bench_vpmem_copy.py --ab 293c90d workspace \
+      --size-mib 1024 --zero-percent 0,90 --rounds 5
 
 Results are written to --out (JSON and, if matplotlib imports, a PNG).
 """
@@ -370,8 +382,15 @@ def main():
     parser.add_argument('--changed-percent', default='0,1,10,100',
                         help='with --downtime: shares of chunks changed '
                              'between the passes')
+    parser.add_argument('--ab', nargs='+', metavar='REV',
+                        help='compare the engines and helpers of these git '
+                             'revisions ("workspace": .workspace/nova now)')
     parser.add_argument('--out', default='bench_vpmem_copy')
     args = parser.parse_args()
+    if args.ab:
+        args.linearity_mib = ''
+        if args.out == 'bench_vpmem_copy':
+            args.out = 'bench_vpmem_ab'
     if args.downtime:
         args.zero_percent = '0,90'
         args.linearity_mib = ''
@@ -401,15 +420,16 @@ def main():
     sshd = Sshd(workdir)
     try:
         bench = Bench(args, workdir, sshd)
-        results = (run_downtime if args.downtime else run_all)(
-            args, bench, workdir)
+        results = (run_ab if args.ab else run_downtime if args.downtime
+                   else run_all)(args, bench, workdir)
     finally:
         sshd.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         if mounted:
             run(['umount', mounted])
             os.rmdir(mounted)
-    (report_downtime if args.downtime else report)(args, results)
+    (report_ab if args.ab else report_downtime if args.downtime
+     else report)(args, results)
 
 
 def run_all(args, bench, workdir):
@@ -716,5 +736,208 @@ def report_downtime(args, results):
     print('\nwrote %s.json' % args.out)
 
 
+# -- A/B: the same run times several checkouts' engines and helpers --------
+
+def checkout(rev, base):
+    """The patched nova tree of rev (a git revision, or "workspace")."""
+    if rev == 'workspace':
+        return ROOT
+    repo = os.path.dirname(HERE)
+    dest = os.path.join(base, 'checkout-' + rev.replace('/', '_'))
+    os.makedirs(os.path.join(dest, '.workspace'))
+    print('building %s into %s' % (rev, dest), flush=True)
+    archive = subprocess.Popen(['git', '-C', repo, 'archive', rev],
+                               stdout=subprocess.PIPE)
+    run(['tar', '-x', '-C', dest], stdin=archive.stdout)
+    archive.stdout.close()
+    if archive.wait():
+        raise RuntimeError('git archive %s failed' % rev)
+    # The pinned sdists are already here: no download.
+    cache = os.path.join(repo, '.workspace', '.cache')
+    if os.path.isdir(cache):
+        shutil.copytree(cache, os.path.join(dest, '.workspace', '.cache'))
+    # That revision's own tool applies that revision's series.
+    run([sys.executable, os.path.join(dest, 'tools', 'workspace'),
+         '--root', dest, 'build', '--no-venv'], stdout=subprocess.DEVNULL)
+    return os.path.join(dest, '.workspace', 'nova')
+
+
+class EngineProcess(object):
+    """One checkout's copy engine, imported in a process of its own.
+
+    The process imports the engine before anything is timed, then runs
+    one copy per request; it reports its own CPU time and that of the
+    processes it reaped (ssh and the local helper).
+    """
+
+    def __init__(self, name, tree, bench):
+        self.name = name
+        self.tree = tree
+        self.helper = ['env', 'PYTHONPATH=' + os.pathsep.join(
+            [tree] + bench.args.pythonpath),
+            'NOVA_VPMEM_COPY_NAMESPACES=' + bench.listing,
+            sys.executable, '-m', 'nova.cmd.vpmem_copy']
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), '--engine-worker',
+             tree], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        # Its first line: where it imported the engine from, once ready.
+        self.engine = json.loads(self.proc.stdout.readline())['engine']
+
+    def _ask(self, request):
+        self.proc.stdin.write(json.dumps(request) + '\n')  # noqa: N324
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())  # noqa: N324
+        if 'error' in reply:
+            raise RuntimeError('%s: %s' % (self.name, reply['error']))
+        return reply
+
+    def copy(self, src, dst, size, streams, ssh_args):
+        return self._ask({'src': src, 'dst': dst, 'size': size,
+                          'streams': streams, 'helper': self.helper,
+                          'ssh_args': ssh_args})
+
+    def stop(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def engine_worker(tree):
+    """The loop of an EngineProcess, run with --engine-worker TREE."""
+    sys.path.insert(0, tree)
+    from nova.virt.libvirt import vpmem_copy
+    if not vpmem_copy.__file__.startswith(tree):
+        sys.exit('%s imported from %s' % (tree, vpmem_copy.__file__))
+    print(json.dumps({'engine': vpmem_copy.__file__}),  # noqa: N324
+          flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)  # noqa: N324
+        cpu0 = cpu_self()
+        try:
+            out = vpmem_copy.copy_namespaces(
+                [vpmem_copy.NamespacePair(req['src'], req['dst'],
+                                          req['size'])],
+                host=HOST, streams=req['streams'], verify=True,
+                cipher=CIPHER, helper=req['helper'], root_helper=(),
+                ssh_args=req['ssh_args'])
+            reply = {'cpu': cpu_self() - cpu0, 'digest': out[0]['digest']}
+        except Exception as exc:
+            reply = {'error': '%s: %s' % (type(exc).__name__, exc)}
+        print(json.dumps(reply), flush=True)  # noqa: N324
+
+
+def cpu_self():
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
+
+
+def run_ab(args, bench, workdir):
+    size = args.size_mib * MiB
+    engines = []
+    # The checkouts go to disk, not to the namespaces' tmpfs.
+    trees = tempfile.mkdtemp(prefix='vpmem-bench-ab-')
+    try:
+        for rev in args.ab:
+            engines.append(EngineProcess(rev, checkout(rev, trees), bench))
+            print('%s: engine %s' % (rev, engines[-1].engine), flush=True)
+        return _run_ab(args, bench, workdir, size, engines)
+    finally:
+        for engine in engines:
+            engine.stop()
+        shutil.rmtree(trees)
+
+
+def _run_ab(args, bench, workdir, size, engines):
+    dst = os.path.join(workdir, 'dst')
+    make_source(dst, size, 0, 0)
+    bench.allow(dst, size)
+    datasets = {}
+    for zero in [int(z) for z in args.zero_percent.split(',')]:
+        path = os.path.join(workdir, 'src-%d' % zero)
+        make_source(path, size, zero / 100, 42)
+        bench.allow(path, size)
+        datasets['%d%% zero' % zero] = path
+    bench.dirt = next(iter(datasets.values()))
+    gb = size / 1e9
+    samples = {}
+    for rnd in range(args.rounds):
+        # Rotate the order so that no checkout always runs first.
+        order = engines[rnd % len(engines):] + \
+            engines[:rnd % len(engines)]
+        for data, src in datasets.items():
+            runs = [('ssh-cat', lambda: bench.ssh_cat(src, dst, size),
+                     None)]
+            runs += [(e.name, lambda e=e: e.copy(
+                src, dst, size, args.streams, bench.sshd.ssh_args), e)
+                for e in order]
+            for name, func, engine in runs:
+                prepare_dest(dst, size, True, bench.dirt)
+                run(['sync'])
+                sshd0 = bench.sshd.cpu()
+                mine0 = cpu_self()
+                t0 = time.monotonic()
+                out = func()
+                secs = time.monotonic() - t0
+                bench.sshd.wait_idle()
+                cpu = bench.sshd.cpu() - sshd0
+                # ssh-cat's processes are this one's children; an
+                # engine's are its worker's, which reports them.
+                cpu += out['cpu'] if engine else cpu_self() - mine0
+                run(['cmp', '-n', str(size), src, dst])
+                r = {'round': rnd + 1, 'seconds': secs,
+                     'mb_s': size / secs / 1e6, 'cpu_s_per_gb': cpu / gb}
+                samples.setdefault((data, name), []).append(r)
+                print('round %d  %-9s %-24s %7.0f MB/s %5.2f CPU-s/GB%s'
+                      % (rnd + 1, data, name, r['mb_s'],
+                         r['cpu_s_per_gb'], '  digest ' + out['digest']
+                         if engine else ''), flush=True)
+    return {'size_mib': args.size_mib, 'rounds': args.rounds,
+            'streams': args.streams, 'cpus': os.cpu_count(),
+            'checkouts': args.ab,
+            'results': {'%s | %s' % k: summarize(v)
+                        for k, v in samples.items()},
+            'samples': {'%s | %s' % k: v for k, v in samples.items()}}
+
+
+def paired(samples, key, base):
+    """Round-by-round MB/s ratios of key to base: median, min, max.
+
+    Runs of one round are seconds apart, so pairing them cancels most of
+    what a busy machine does to both.
+    """
+    ratios = [a['mb_s'] / b['mb_s']
+              for a, b in zip(samples[key], samples[base])]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def report_ab(args, results):
+    res = results['results']
+    samples = results['samples']
+    first = results['checkouts'][0]
+    print('\nsize %d MiB, %d rounds (medians), %d streams, %d CPUs' % (
+        results['size_mib'], results['rounds'], results['streams'],
+        results['cpus']))
+    print('ratios are medians of round-by-round ratios, [min, max]')
+    print('%-9s %-12s %6s %8s %-20s %-20s %s' % (
+        'data', 'variant', 'MB/s', 'CPU-s/GB', 'x ssh-cat',
+        'x ' + first, 'MB/s by round'))
+    for data in sorted({k.split(' | ')[0] for k in res}):
+        ceiling = '%s | ssh-cat' % data
+        base = '%s | %s' % (data, first)
+        for name in ['ssh-cat'] + results['checkouts']:
+            key = '%s | %s' % (data, name)
+            print('%-9s %-12s %6.0f %8.2f %-20s %-20s %s' % (
+                data, name, res[key]['mb_s'], res[key]['cpu_s_per_gb'],
+                '%.2f [%.2f, %.2f]' % paired(samples, key, ceiling),
+                '%.2f [%.2f, %.2f]' % paired(samples, key, base),
+                ' '.join('%.0f' % s['mb_s'] for s in samples[key])))
+    with open(args.out + '.json', 'w') as f:
+        json.dump(results, f, indent=2)  # noqa: N324
+    print('\nwrote %s.json' % args.out)
+
+
 if __name__ == '__main__':
-    main()
+    if sys.argv[1:2] == ['--engine-worker']:
+        engine_worker(sys.argv[2])
+    else:
+        main()
