@@ -108,6 +108,9 @@ RECORD_MAGIC = b'NVPMRC%d\n' % PROTOCOL
 NO_DIGEST = bytes(DIGEST_SIZE)
 
 DEFAULT_CHUNK = 1024 * 1024
+# Bounds on a chunk: a page at least, so that neither the per-chunk work nor
+# a record (two digests per chunk) can be made to grow without limit.
+MIN_CHUNK = 4096
 MAX_CHUNK = 64 * 1024 * 1024
 PROGRESS_EVERY = 64 * 1024 * 1024
 # ... and at least this often (seconds), so that a receiver whose caller
@@ -432,29 +435,50 @@ def _is_zero(view, zero):
 # -- subcommands -------------------------------------------------------------
 
 class _Record(object):
-    """The record of an earlier pass, as send --with-record reads it."""
+    """The record of an earlier pass, as send --with-record reads it.
 
-    def __init__(self, digest, fast_digest, chunks):
+    Read one chunk's entry at a time, so that its size never decides how
+    much memory the helper takes.
+    """
+
+    def __init__(self, in_fd, digest, fast_digest):
+        self.in_fd = in_fd
         self.digest = digest
         # Cheap to tell a chunk that changed; '' if not available here.
         self.fast_digest = fast_digest
-        self.chunks = chunks
+        self.entry = bytearray(2 * DIGEST_SIZE)
+        self.truncated = False
+
+    def next_chunk(self):
+        """Return the next chunk's (digest, fast digest), or None.
+
+        None for a chunk the record has no digest for, and for every chunk
+        after the record ends early: those chunks are sent as DATA.
+        """
+        if self.truncated:
+            return None
+        if _read_exact(self.in_fd, memoryview(self.entry)) < len(self.entry):
+            sys.stderr.write('nova-vpmem-copy send: the record on stdin '
+                             'ended early, sending the other chunks\n')
+            self.truncated = True
+            return None
+        digest = bytes(self.entry[:DIGEST_SIZE])
+        if digest == NO_DIGEST:
+            return None
+        return digest, bytes(self.entry[DIGEST_SIZE:])
 
 
 def _read_record(in_fd, offset, length, chunk):
-    """Read the record of an earlier pass: one (digest, fast digest) or
-    None per chunk.
+    """Read the header of an earlier pass's record.
 
-    :returns: a _Record, or None when in doubt, and so every chunk is sent:
-        a record for another range or chunk size, with a digest that is not
-        cryptographic or not available here, or a truncated one.
+    :returns: a _Record to read the chunks' entries from, or None when in
+        doubt, and so every chunk is sent: a record for another range or
+        chunk size, with a digest that is not cryptographic or not
+        available here, or a truncated header.
     """
-    count = -(-length // chunk)
     head = bytearray(len(RECORD_MAGIC) + STREAM_HDR.size)
-    data = bytearray(count * 2 * DIGEST_SIZE)
     if (_read_exact(in_fd, memoryview(head)) == len(head) and
-            head.startswith(RECORD_MAGIC) and
-            _read_exact(in_fd, memoryview(data)) == len(data)):
+            head.startswith(RECORD_MAGIC)):
         name, fast, r_offset, r_length, r_chunk = STREAM_HDR.unpack_from(
             head, len(RECORD_MAGIC))
         digest = name.rstrip(b'\0').decode('ascii', 'replace')
@@ -462,13 +486,8 @@ def _read_record(in_fd, offset, length, chunk):
         if ((r_offset, r_length, r_chunk) == (offset, length, chunk) and
                 digest in CRYPTO_DIGESTS and
                 digest in available_digests()):
-            pairs = (
-                (bytes(data[i:i + DIGEST_SIZE]),
-                 bytes(data[i + DIGEST_SIZE:i + 2 * DIGEST_SIZE]))
-                for i in range(0, len(data), 2 * DIGEST_SIZE))
-            return _Record(
-                digest, fast if fast in available_digests() else '',
-                [None if d == NO_DIGEST else (d, f) for d, f in pairs])
+            return _Record(in_fd, digest,
+                           fast if fast in available_digests() else '')
     sys.stderr.write('nova-vpmem-copy send: the record on stdin does not '
                      'fit this range, sending every chunk\n')
     return None
@@ -529,7 +548,7 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
         for pos in range(0, length, chunk):
             if stop_after and time.monotonic() - start > stop_after:
                 break
-            recorded = record.chunks[records] if record else None
+            recorded = record.next_chunk() if record else None
             with dev.view[pos:pos + chunk] as view:
                 if snapshot is not None:
                     # The guest may write to the chunk while it is sent.
@@ -593,7 +612,7 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
         if name not in ('none', '') and name not in available_digests():
             raise HelperError(EXIT_PROTOCOL, 'digest %s is not available on '
                               'this host' % name)
-    if not 0 < chunk <= MAX_CHUNK:
+    if not MIN_CHUNK <= chunk <= MAX_CHUNK:
         raise HelperError(EXIT_PROTOCOL, 'bad chunk size %d' % chunk)
     if precopy and digest not in CRYPTO_DIGESTS:
         raise HelperError(EXIT_PROTOCOL, 'a first pass needs a '
@@ -789,8 +808,9 @@ def main(argv=None):
     os.environ['PATH'] = SAFE_PATH
     try:
         if args.command == 'send':
-            if not 0 < args.chunk_size <= MAX_CHUNK:
-                raise HelperError(EXIT_USAGE, 'bad chunk size')
+            if not MIN_CHUNK <= args.chunk_size <= MAX_CHUNK:
+                raise HelperError(EXIT_USAGE, 'the chunk size must be %d to '
+                                  '%d bytes' % (MIN_CHUNK, MAX_CHUNK))
             send(args.device, args.offset, args.length, args.chunk_size,
                  args.digest, args.rate, live=args.live,
                  record_fd=0 if args.with_record else None,

@@ -55,6 +55,11 @@ from nova.i18n import _
 LOG = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
+# Bounds on the receiver's output, which a source does not trust: a line
+# of up to _LINE_SIZE bytes, plus _LINE_SIZE_PER_CHUNK for each chunk of
+# the range (its "done" line may list each chunk as stale).
+_LINE_SIZE = 64 * 1024
+_LINE_SIZE_PER_CHUNK = 48
 DEFAULT_CIPHER = 'aes128-gcm@openssh.com'
 STDERR_TAIL = 400
 # The stream protocol of the helper that this module speaks.
@@ -248,6 +253,8 @@ class _Stream(object):
         self.write_fd: ty.Optional[int] = None
         self.errs: list[ty.IO[bytes]] = []
         self.buf = b''
+        # The longest line the receiver may print, set by start().
+        self.max_line = 0
         self.done = 0
         self.stats: dict[str, ty.Any] = {}
         self.error: ty.Optional[str] = None
@@ -313,6 +320,9 @@ class _Stream(object):
             stdin = tempfile.TemporaryFile()
             stdin.write(record.for_stream(self))
             stdin.seek(0)
+        # Its last line lists at most every chunk as stale.
+        self.max_line = _LINE_SIZE + _LINE_SIZE_PER_CHUNK * -(
+            -self.length // chunk_size)
         self.started = time.monotonic()
         try:
             self.sender = subprocess.Popen(  # nosec: B603 argv list
@@ -329,16 +339,32 @@ class _Stream(object):
         return receiver.stdout
 
     def feed(self, data):
-        """Parse the receiver's output; return the bytes newly copied."""
+        """Parse the receiver's output; return the bytes newly copied.
+
+        Output that no receiver prints (a line too long, a chunk outside
+        the range) sets ``error``: the destination is not trusted.
+        """
         self.buf += data
         *lines, self.buf = self.buf.split(b'\n')
+        if len(self.buf) > self.max_line:
+            self.error = _('receive printed a line of more than %d bytes') % (
+                self.max_line)
+            self.buf = b''
         before = self.done
         for line in lines:
             word, _sep, rest = line.decode('utf-8', 'replace').partition(' ')
             if word == 'chunk' and self.recording:
                 pos, length, digest, *fast = rest.split()
+                pos, length = int(pos), int(length)
+                if not (0 <= pos < self.length and
+                        0 < length <= self.recording.chunk_size and
+                        pos % self.recording.chunk_size == 0):
+                    self.error = _('receive reported chunk %(pos)d+%(len)d '
+                                   'outside its range') % {'pos': pos,
+                                                           'len': length}
+                    break
                 self.recording.add(
-                    self, int(pos), int(length), bytes.fromhex(digest),
+                    self, pos, length, bytes.fromhex(digest),
                     *([fast[0], bytes.fromhex(fast[1])] if fast else []))
             elif word == 'progress':
                 self.done = int(rest)
@@ -870,7 +896,10 @@ class _CopyRun(object):
         stream, out = self.running[fd]
         data = os.read(fd, 65536)
         if data:
-            return stream.feed(data)
+            copied = stream.feed(data)
+            if stream.error and not self.failed:
+                self.failed = stream
+            return copied
         self._reap(fd)
         if stream.error and not self.failed:
             self.failed = stream

@@ -17,6 +17,7 @@ import itertools
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 from unittest import mock
@@ -395,9 +396,52 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
                        self._record(digests, digest='xxh3_64'),
                        self._record(digests, digest='md5'),
                        self._record(digests, offset=CHUNK),
-                       self._record(digests)[:-1], b''):
+                       self._record(digests)[:helper.STREAM_HDR.size], b''):
             stream = self._send(record=record)
             self.assertEqual(all_data + [helper.END], self._kinds(stream))
+
+    def test_a_record_that_ends_early_sends_the_other_chunks(self):
+        digests = self._precopy()
+        # The entries of the first two chunks and half of the third's.
+        record = self._record(digests)[:-11 * helper.DIGEST_SIZE]
+        stream = self._send(record=record)
+        self.assertEqual([helper.SAME] * 2 + [helper.ZERO] * 3 +
+                         [helper.DATA] * 3 + [helper.END],
+                         self._kinds(stream))
+        self._receive(stream)
+        self.assertEqual(self.data, self._read(self.dst))
+
+    def test_record_is_read_one_chunk_at_a_time(self):
+        # A record header for a range of a petabyte in 4 KiB chunks: its
+        # entries would take 16 TiB, but only the header is read up front.
+        length = 2 ** 50
+        header = self._record([], length=length, chunk=helper.MIN_CHUNK)
+        entry = os.urandom(2 * helper.DIGEST_SIZE)
+        read_fd, write_fd = os.pipe()
+        self.addCleanup(os.close, read_fd)
+        with os.fdopen(write_fd, 'wb') as w:
+            w.write(header + entry)
+        record = helper._read_record(read_fd, 0, length, helper.MIN_CHUNK)
+        self.assertEqual('blake2b', record.digest)
+        self.assertEqual((entry[:helper.DIGEST_SIZE],
+                          entry[helper.DIGEST_SIZE:]), record.next_chunk())
+        self.assertIsNone(record.next_chunk())
+        self.assertTrue(record.truncated)
+
+    def test_chunks_smaller_than_a_page_are_refused(self):
+        stream = bytearray(self._send())
+        # The chunk size is the last field of the stream header.
+        struct.pack_into('<I', stream, len(helper.MAGIC) +
+                         helper.STREAM_HDR.size - 4, helper.MIN_CHUNK - 1)
+        msg = self._assert_fails(helper.EXIT_PROTOCOL, bytes(stream))
+        self.assertIn('bad chunk size %d' % (helper.MIN_CHUNK - 1), msg)
+        stderr = self.useFixture(fixtures.StringStream('stderr')).stream
+        self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
+        self.assertEqual(helper.EXIT_USAGE, helper.main(
+            ['send', '--device', self.src, '--length', str(self.size),
+             '--chunk-size', '1']))
+        stderr.seek(0)
+        self.assertIn('the chunk size must be 4096 to', stderr.read())
 
     def test_same_records_need_a_cryptographic_digest(self):
         # A forged SAME record in a stream without a record's digest.

@@ -165,3 +165,55 @@ class CopyNamespacesTestCase(test.NoDBTestCase):
              '--offset', '0', '--length', str(2 * MiB), '--chunk-size',
              str(vpmem_copy.CHUNK_SIZE), '--rate', str(5 * MiB),
              '--digest', 'none'], send)
+
+
+class StreamOutputTestCase(test.NoDBTestCase):
+    """The source does not trust what the destination's receiver prints."""
+
+    def setUp(self):
+        super().setUp()
+        pair = vpmem_copy.NamespacePair('/dev/dax0.0', '/dev/dax1.0',
+                                        4 * MiB)
+        self.stream = vpmem_copy._Stream(pair, 0, 0, 4 * MiB)
+        self.stream.recording = vpmem_copy.Record('blake2b', MiB)
+        # What start() sets for 1 MiB chunks: 4 chunks in the range.
+        self.stream.max_line = (vpmem_copy._LINE_SIZE +
+                                4 * vpmem_copy._LINE_SIZE_PER_CHUNK)
+
+    def test_progress_and_chunks_in_the_range_are_taken(self):
+        digest = bytes(range(32))
+        self.assertEqual(MiB, self.stream.feed(
+            b'chunk %d %d %s\nprogress %d\n' % (
+                MiB, MiB, digest.hex().encode(), MiB)))
+        self.assertIsNone(self.stream.error)
+        self.assertEqual(
+            {('/dev/dax0.0', '/dev/dax1.0', MiB, MiB, MiB): (digest, b'')},
+            self.stream.recording.chunks)
+
+    def test_a_line_longer_than_any_receiver_prints_fails_the_stream(self):
+        # No newline: the line is kept until it is too long.
+        self.stream.feed(b'done {"stale": [' + b'1' * 60000)
+        self.assertIsNone(self.stream.error)
+        self.stream.feed(b'2' * 10000)
+        self.assertIn('receive printed a line of more than', self.stream.error)
+        self.assertEqual(b'', self.stream.buf)
+
+    def test_chunks_outside_the_range_fail_the_stream(self):
+        digest = bytes(32).hex().encode()
+        for line in (b'chunk %d %d %s\n' % (4 * MiB, MiB, digest),
+                     b'chunk %d %d %s\n' % (MiB + 1, MiB, digest),
+                     b'chunk 0 %d %s\n' % (2 * MiB, digest),
+                     b'chunk -%d %d %s\n' % (MiB, MiB, digest)):
+            self.stream.error = None
+            self.stream.feed(line)
+            self.assertIn('outside its range', self.stream.error, line)
+        self.assertEqual({}, self.stream.recording.chunks)
+
+    def test_start_bounds_the_line_by_the_chunks_of_the_range(self):
+        transport = vpmem_copy._Transport(None, ['helper'], [], 'aes128-ctr',
+                                          [])
+        with mock.patch('subprocess.Popen'):
+            self.stream.start(transport, 'none', 0, MiB // 2, None)
+        self.assertEqual(vpmem_copy._LINE_SIZE +
+                         8 * vpmem_copy._LINE_SIZE_PER_CHUNK,
+                         self.stream.max_line)
