@@ -354,8 +354,8 @@ class _Stream(object):
         for line in lines:
             word, _sep, rest = line.decode('utf-8', 'replace').partition(' ')
             if word == 'chunk' and self.recording:
-                pos, length, digest, *fast = rest.split()
-                pos, length = int(pos), int(length)
+                pos_text, length_text, digest, *fast = rest.split()
+                pos, length = int(pos_text), int(length_text)
                 if not (0 <= pos < self.length and
                         0 < length <= self.recording.chunk_size and
                         pos % self.recording.chunk_size == 0):
