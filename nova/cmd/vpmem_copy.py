@@ -54,8 +54,15 @@ Subcommands:
 Before touching a device the helper checks that the path is one of this
 host's device-DAX namespaces as listed by ``ndctl list -X`` and named in
 ``[libvirt] pmem_namespaces`` of nova's own configuration files (the
-allow-list never comes from the unprivileged caller), and that no other
-process, such as the QEMU of a running guest, has it open or mapped. For
+allow-list never comes from the unprivileged caller). For its whole run it
+then holds POSIX locks on the device: a shared one on a byte past the end
+of any namespace that marks it as a helper, and one on the range it works
+on, shared to read and exclusive to write, so that two helpers never write
+one range and nova's own zeroing (which locks the whole device) never runs
+beside a helper; ``zero`` stops the helpers whose locks are in its way.
+Unless a pre-copy's first pass reads a running guest's namespace, no other
+process may have the device open or mapped, compared by device number;
+a process that cannot be inspected counts as a user. For
 tests without PMEM hardware the variable ``NOVA_VPMEM_COPY_NAMESPACES`` may
 name a JSON file ``[{"path": ..., "size": ..., "align": ...}]`` that
 replaces both; it is honoured only when the helper was not started by sudo
@@ -117,6 +124,15 @@ PROGRESS_EVERY = 64 * 1024 * 1024
 # died (a killed nova-compute) fails on its next write within a second, and
 # with it the ssh connection and the sender, instead of copying on.
 PROGRESS_SECONDS = 1.0
+# Every helper holds a shared lock on this byte of its device for its whole
+# run, past the end of any namespace: it tells the other helpers that the
+# process is one of them, and nova's own zeroing (which locks the whole
+# device) that a helper is running. The range a helper works on is locked
+# too: shared to read it, exclusive to write it.
+HELPER_MARK = 1 << 62
+# Tries, 50 ms apart, before a process that uses the device without the
+# mark counts as a user: a helper opens the device before it marks it.
+MARK_TRIES = 20
 # Seconds zero waits for other helpers to let go of the device.
 HELPER_EXIT_WAIT = 30
 # Seconds a helper stopped by zero gets between SIGTERM and SIGKILL.
@@ -260,61 +276,13 @@ def known_namespaces():
     return _namespaces_from_ndctl()
 
 
-def _maps(pid, path):
-    """Tell whether process pid has path mapped into its memory."""
-    try:
-        with open('/proc/%s/maps' % pid, 'rb') as f:
-            return any(line.rstrip(b'\n').endswith(b' ' + path.encode())
-                       for line in f)
-    except OSError:
-        return False
-
-
-def _user_of(path, helpers=False):
-    """Return the pid of another process that has path open, if any.
-
-    A namespace that a running guest (QEMU) has open or mapped must never
-    be read or written by a copy. Other helpers are ignored (parallel
-    streams of one copy use the same device), or with ``helpers`` they are
-    the only processes looked for.
-    """
-    me = str(os.getpid())
-    for pid in os.listdir('/proc'):
-        if not pid.isdigit() or pid == me:
-            continue
-        fd_dir = '/proc/%s/fd' % pid
-        try:
-            fds = os.listdir(fd_dir)
-            with open('/proc/%s/cmdline' % pid, 'rb') as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        is_helper = (b'nova-vpmem-copy' in cmdline or
-                     b'nova.cmd.vpmem_copy' in cmdline)
-        if is_helper != helpers:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(os.path.join(fd_dir, fd)) == path:
-                    return int(pid)
-            except OSError:
-                continue
-        if _maps(pid, path):
-            return int(pid)
-    return None
-
-
-def _check_device(device, offset, length, allow_in_use=False):
+def _check_device(device, offset, length):
     """Validate a device and byte range against the allow-list."""
     real = os.path.realpath(device)
     namespaces = known_namespaces()
     if device != real or real not in namespaces:
         raise HelperError(EXIT_DENIED, '%s is not a vPMEM namespace of this '
                           'host' % device)
-    user = None if allow_in_use else _user_of(real)
-    if user:
-        raise HelperError(EXIT_DENIED, '%s is in use by process %s' % (
-            device, user))
     ns = namespaces[real]
     if length is None:
         length = ns['size'] - offset
@@ -322,6 +290,161 @@ def _check_device(device, offset, length, allow_in_use=False):
         raise HelperError(EXIT_USAGE, 'range %d+%d is outside %s (%d bytes)'
                           % (offset, length, device, ns['size']))
     return ns, length
+
+
+# -- exclusion ---------------------------------------------------------------
+
+def _node(st):
+    """How /proc/locks and /proc/PID/maps name the file of stat result st."""
+    return '%02x:%02x' % (os.major(st.st_dev), os.minor(st.st_dev)), st.st_ino
+
+
+def _lock(fd, exclusive, offset, length):
+    """Lock [offset, offset + length) of fd; False if another holds it."""
+    try:
+        fcntl.lockf(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) |
+                    fcntl.LOCK_NB, length, offset)
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+def _helpers(st, offset=0, length=None):
+    """Pids of the helpers that hold a lock on [offset, offset + length).
+
+    A helper is a process that holds HELPER_MARK of the device (a tenant
+    cannot take it); its other lock says which range it works on.
+    """
+    dev, ino = _node(st)
+    end = HELPER_MARK if length is None else offset + length
+    marked, overlapping = set(), set()
+    with open('/proc/locks') as f:
+        for line in f:
+            # "1: POSIX ADVISORY WRITE PID MAJ:MIN:INODE START END"; the
+            # lines of waiting requests have one more field, "->".
+            fields = line.split()
+            if (len(fields) != 8 or fields[1] != 'POSIX' or
+                    fields[5] != '%s:%d' % (dev, ino)):
+                continue
+            pid, start = int(fields[4]), int(fields[6])
+            stop = HELPER_MARK + 1 if fields[7] == 'EOF' else int(fields[7])
+            if start == HELPER_MARK:
+                marked.add(pid)
+            elif start < end and offset <= stop:
+                overlapping.add(pid)
+    return marked & overlapping if length is not None else marked
+
+
+def _uses(pid, st):
+    """Tell whether process pid has the file of st open or mapped."""
+    fd_dir = '/proc/%s/fd' % pid
+    for fd in os.listdir(fd_dir):
+        try:
+            other = os.stat(os.path.join(fd_dir, fd))
+        except FileNotFoundError:
+            continue
+        if stat.S_ISCHR(st.st_mode):
+            if stat.S_ISCHR(other.st_mode) and other.st_rdev == st.st_rdev:
+                return True
+        elif (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    # QEMU need not keep a descriptor of what it mapped.
+    dev, ino = _node(st)
+    with open('/proc/%s/maps' % pid) as f:
+        for line in f:
+            fields = line.split(None, 5)
+            if fields[3:5] == [dev, str(ino)]:
+                return True
+    return False
+
+
+def _ancestors():
+    """Pids of the processes that started this one, up to init."""
+    pids = set()
+    pid = os.getpid()
+    while pid > 1:
+        with open('/proc/%d/stat' % pid) as f:
+            pid = int(f.read().rsplit(')', 1)[1].split()[1])
+        pids.add(pid)
+    return pids
+
+
+def _user_of(fd):
+    """Return the pid of a process other than a helper using fd's device.
+
+    Devices are compared by number, never by path or command line. A
+    process that cannot be inspected counts as a user, unless it started
+    this helper (a sandbox's init may hide its descriptors even from
+    root).
+    """
+    st = os.fstat(fd)
+    me = os.getpid()
+    ancestors = _ancestors()
+    for _attempt in range(MARK_TRIES):
+        helpers = _helpers(st)
+        for pid in filter(str.isdigit, os.listdir('/proc')):
+            if int(pid) == me or int(pid) in helpers:
+                continue
+            try:
+                if _uses(pid, st):
+                    break
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            except OSError as e:
+                if int(pid) in ancestors:
+                    continue
+                raise HelperError(EXIT_DENIED, 'cannot tell whether process '
+                                  '%s uses the device: %s' % (pid, e))
+        else:
+            return None
+        # A helper starting now opens the device before it marks it.
+        time.sleep(0.05)
+    return int(pid)
+
+
+def _stop_helpers(fd, offset, length, timeout=HELPER_EXIT_WAIT,
+                  grace=HELPER_KILL_GRACE):
+    """Take the exclusive lock of a range, stopping the helpers holding it.
+
+    Zeroing means a copy was given up on, but a receiver whose caller was
+    killed may still write what its stream had buffered, or hang. Helpers
+    whose locks overlap the range get SIGTERM, then SIGKILL after
+    ``grace`` seconds, through pidfds: a pid reused meanwhile is not hit.
+    """
+    st = os.fstat(fd)
+    deadline = time.monotonic() + timeout
+    stopping: dict[int, tuple[int, float]] = {}
+    try:
+        while not _lock(fd, True, offset, length):
+            now = time.monotonic()
+            if now > deadline:
+                raise HelperError(EXIT_DENIED, 'the device is still locked '
+                                  'by nova-vpmem-copy processes %s after %d '
+                                  'seconds' % (sorted(stopping), timeout))
+            for pid in _helpers(st, offset, length) - set(stopping):
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    continue
+                if pid not in _helpers(st, offset, length):
+                    os.close(pidfd)
+                    continue
+                stopping[pid] = (pidfd, now)
+                _signal(pidfd, signal.SIGTERM)
+            for pidfd, since in stopping.values():
+                if now - since > grace:
+                    _signal(pidfd, signal.SIGKILL)
+            time.sleep(0.1)
+    finally:
+        for pidfd, _since in stopping.values():
+            os.close(pidfd)
+
+
+def _signal(pidfd, signum):
+    try:
+        signal.pidfd_send_signal(pidfd, signum)
+    except ProcessLookupError:
+        pass
 
 
 # -- device mapping ----------------------------------------------------------
@@ -333,8 +456,35 @@ class _Mapping(object):
     widened to the alignment and ``view`` exposes the requested range.
     """
 
-    def __init__(self, device, offset, length, align, writable):
+    def __init__(self, device, offset, length, align, writable,
+                 allow_in_use=False, stop_helpers=False):
         self.fd = os.open(device, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            self._claim(device, offset, length, writable, allow_in_use,
+                        stop_helpers)
+            self._map(offset, length, align, writable)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _claim(self, device, offset, length, writable, allow_in_use,
+               stop_helpers):
+        """Lock the range for this helper; check that no guest uses it."""
+        if not _lock(self.fd, False, HELPER_MARK, 1):
+            raise HelperError(EXIT_DENIED, '%s is locked: nova is zeroing '
+                              'it' % device)
+        if stop_helpers:
+            _stop_helpers(self.fd, offset, length)
+        elif not _lock(self.fd, writable, offset, length):
+            raise HelperError(EXIT_DENIED, 'bytes %d+%d of %s are locked by '
+                              'another nova-vpmem-copy' % (offset, length,
+                                                           device))
+        user = None if allow_in_use else _user_of(self.fd)
+        if user:
+            raise HelperError(EXIT_DENIED, '%s is in use by process %s' % (
+                device, user))
+
+    def _map(self, offset, length, align, writable):
         self.is_dax = stat.S_ISCHR(os.fstat(self.fd).st_mode)
         align = max(align, mmap.PAGESIZE)
         start = offset - offset % align
@@ -532,11 +682,12 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
     :param stop_after: end the stream early, at a chunk boundary, after this
         many seconds (0: never); only a ``--precopy`` receiver accepts that.
     """
-    ns, length = _check_device(device, offset, length, allow_in_use=live)
+    ns, length = _check_device(device, offset, length)
     record = (_read_record(record_fd, offset, length, chunk)
               if record_fd is not None else None)
     _prepare_pipe(out_fd)
-    dev = _Mapping(device, offset, length, ns['align'], writable=False)
+    dev = _Mapping(device, offset, length, ns['align'], writable=False,
+                   allow_in_use=live)
     zero = bytes(chunk)
     snapshot = memoryview(bytearray(chunk)) if live else None
     records = 0
@@ -692,42 +843,11 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
     out.flush()
 
 
-def _stop_helpers(device, timeout=HELPER_EXIT_WAIT,
-                  grace=HELPER_KILL_GRACE):
-    """Stop the other helpers that still have the device open.
-
-    Zeroing a destination means its copy was given up on, but a receiver
-    whose caller was killed may still write what its stream had buffered,
-    or hang: neither may write after the zeroing. They get SIGTERM, then
-    SIGKILL after ``grace`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    signalled: dict[int, float] = {}
-    while True:
-        pid = _user_of(device, helpers=True)
-        if not pid:
-            return
-        now = time.monotonic()
-        if now > deadline:
-            raise HelperError(EXIT_DENIED, '%s is still used by '
-                              'nova-vpmem-copy process %d after %d seconds'
-                              % (device, pid, timeout))
-        try:
-            if pid not in signalled:
-                os.kill(pid, signal.SIGTERM)
-                signalled[pid] = now
-            elif now - signalled[pid] > grace:
-                os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        time.sleep(0.1)
-
-
 def zero(device, out=None, offset=0, length=None):
     out = out or sys.stdout
     ns, length = _check_device(device, offset, length)
-    _stop_helpers(os.path.realpath(device))
-    dev = _Mapping(device, offset, length, ns['align'], writable=True)
+    dev = _Mapping(device, offset, length, ns['align'], writable=True,
+                   stop_helpers=True)
     chunk = DEFAULT_CHUNK
     zeroes = bytes(chunk)
     filled = 0
@@ -751,9 +871,20 @@ def check(devices, lengths, out=None, allow_in_use=False):
     if len(devices) != len(lengths):
         raise HelperError(EXIT_USAGE, 'give one --length per --device')
     for device, length in zip(devices, lengths):
-        _check_device(device, 0, length, allow_in_use)
+        _check_device(device, 0, length)
         # As the copy will: read-only for the sources of a running guest.
-        os.close(os.open(device, os.O_RDONLY if allow_in_use else os.O_RDWR))
+        fd = os.open(device, os.O_RDONLY if allow_in_use else os.O_RDWR)
+        try:
+            if not allow_in_use:
+                if not _lock(fd, True, 0, length):
+                    raise HelperError(EXIT_DENIED, '%s is locked by another '
+                                      'nova-vpmem-copy' % device)
+                user = _user_of(fd)
+                if user:
+                    raise HelperError(EXIT_DENIED, '%s is in use by process '
+                                      '%s' % (device, user))
+        finally:
+            os.close(fd)
     out.write('%s\n' % json.dumps(  # noqa: N324
         {'protocol': PROTOCOL, 'digests': available_digests()}))
     out.flush()

@@ -47,6 +47,23 @@ time.sleep(60)
 '''
 
 
+# Lock dst as a helper does (argv: dst, ignore SIGTERM, 'helper', offset,
+# length) or as nova's zeroing does (argv: dst, ignore SIGTERM, 'nova').
+_LOCKER = '''
+import fcntl, os, signal, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+if sys.argv[3] == 'helper':
+    fcntl.lockf(fd, fcntl.LOCK_SH, 1, 1 << 62)
+    fcntl.lockf(fd, fcntl.LOCK_EX, int(sys.argv[5]), int(sys.argv[4]))
+else:
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+if sys.argv[2] == 'True':
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(60)
+'''
+
+
 class VPMEMCopyHelperTestCase(test.NoDBTestCase):
 
     def setUp(self):
@@ -474,40 +491,119 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         self.assertEqual(self.data[:3 * CHUNK],
                          self._read(self.dst)[:3 * CHUNK])
 
-    def _fake_helper(self, seconds, ignore_term=False):
-        """A process named like a helper that holds dst open."""
-        script = ('import signal, time\n'
-                  'if %s: signal.signal(signal.SIGTERM, signal.SIG_IGN)\n'
-                  'print("ready", flush=True)\n'
-                  'time.sleep(%s)\n' % (ignore_term, seconds))
-        with open(self.dst, 'rb') as dst:
-            proc = subprocess.Popen(
-                [sys.executable, '-c', script, 'nova.cmd.vpmem_copy'],
-                stdin=dst, stdout=subprocess.PIPE)
+    def _locker(self, *args, ignore_term=False):
+        """A process that locks dst: as a helper or as nova's zeroing.
+
+        :param args: ('helper', offset, length) to mark dst and lock that
+            range, as a receiver does; ('nova',) to lock all of dst, as
+            nova's daxio zeroing does
+        """
+        proc = subprocess.Popen(
+            [sys.executable, '-c', _LOCKER, self.dst,
+             str(ignore_term)] + [str(a) for a in args],
+            stdout=subprocess.PIPE)
         self.addCleanup(proc.wait)
         self.addCleanup(proc.kill)
         self.addCleanup(proc.stdout.close)
         self.assertEqual(b'ready\n', proc.stdout.readline())
         return proc
 
+    def _fake_helper(self, ignore_term=False):
+        return self._locker('helper', 0, self.size, ignore_term=ignore_term)
+
     def test_zero_stops_a_helper_still_holding_the_device(self):
         # A receiver left behind by a stopped copy may still write, or hang.
-        writer = self._fake_helper(60)
+        writer = self._fake_helper()
         helper.zero(self.dst, out=io.StringIO())
         self.assertEqual(-signal.SIGTERM, writer.wait(timeout=10))
         self.assertEqual(bytes(self.size), self._read(self.dst))
-        stubborn = self._fake_helper(60, ignore_term=True)
-        helper._stop_helpers(os.path.realpath(self.dst), grace=0.3)
+        stubborn = self._fake_helper(ignore_term=True)
+        fd = os.open(self.dst, os.O_RDWR)
+        self.addCleanup(os.close, fd)
+        helper._stop_helpers(fd, 0, self.size, grace=0.3)
         self.assertEqual(-signal.SIGKILL, stubborn.wait(timeout=10))
 
+    def test_zero_leaves_helpers_of_other_ranges_alone(self):
+        half = self.size // 2
+        other = self._locker('helper', 0, half)
+        helper.zero(self.dst, out=io.StringIO(), offset=half, length=half)
+        self.assertIsNone(other.poll())
+        self.assertEqual(bytes(half), self._read(self.dst)[half:])
+
     def test_zero_fails_when_a_helper_cannot_be_stopped(self):
-        holder = self._fake_helper(60)
-        with mock.patch.object(helper.os, 'kill'):
+        holder = self._fake_helper()
+        fd = os.open(self.dst, os.O_RDWR)
+        self.addCleanup(os.close, fd)
+        with mock.patch.object(helper, '_signal') as mock_signal:
             exc = self.assertRaises(helper.HelperError,
-                                    helper._stop_helpers,
-                                    os.path.realpath(self.dst), timeout=0.3)
-        self.assertIn('still used by nova-vpmem-copy process %d' %
+                                    helper._stop_helpers, fd, 0, self.size,
+                                    timeout=0.3)
+        self.assertIn('still locked by nova-vpmem-copy processes [%d]' %
                       holder.pid, str(exc))
+        mock_signal.assert_called_once_with(mock.ANY, signal.SIGTERM)
+        self.assertIsNone(holder.poll())
+
+    def test_nova_zeroing_the_device_keeps_helpers_out(self):
+        nova = self._locker('nova')
+        for call in (lambda: helper.zero(self.dst, out=io.StringIO()),
+                     lambda: self._receive(self._send())):
+            exc = self.assertRaises(helper.HelperError, call)
+            self.assertEqual(helper.EXIT_DENIED, exc.code)
+            self.assertIn('is locked: nova is zeroing it', str(exc))
+        # Not a helper: zero never signals it.
+        self.assertIsNone(nova.poll())
+
+    def test_a_second_receiver_of_a_range_is_refused(self):
+        half = self.size // 2
+        self._locker('helper', 0, half)
+        stream = self._send()
+        msg = self._assert_fails(helper.EXIT_DENIED, stream)
+        self.assertIn('bytes 0+%d of %s are locked by another '
+                      'nova-vpmem-copy' % (self.size, self.dst), msg)
+        # The other stream of the same copy receives the other half.
+        self._receive(self._send(offset=half), offset=half)
+        self.assertEqual(self.data[half:], self._read(self.dst)[half:])
+
+    def test_a_process_named_like_a_helper_is_still_a_user(self):
+        # A guest's kernel command line is in its QEMU's argv.
+        self.useFixture(fixtures.MockPatchObject(helper, 'MARK_TRIES', 2))
+        with open(self.dst, 'rb') as f:
+            user = subprocess.Popen(
+                [sys.executable, '-c', 'import time; time.sleep(60)',
+                 'nova-vpmem-copy', 'receive'], stdin=f)
+        self.addCleanup(user.wait)
+        self.addCleanup(user.kill)
+        exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
+        self.assertIn('in use by process %d' % user.pid, str(exc))
+        self.assertIsNone(user.poll())
+
+    def test_a_process_that_cannot_be_inspected_counts_as_a_user(self):
+        listdir = os.listdir
+        mine = '/proc/%d/fd' % os.getpid()
+
+        def denied(path):
+            if path.endswith('/fd') and path != mine:
+                raise PermissionError(13, 'Permission denied')
+            return listdir(path)
+
+        self.useFixture(fixtures.MockPatch('os.listdir', denied))
+        exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
+        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        self.assertIn('cannot tell whether process', str(exc))
+        self.assertIn('Permission denied', str(exc))
+
+    def test_an_ancestor_that_cannot_be_inspected_is_no_user(self):
+        listdir = os.listdir
+        parent = '/proc/%d/fd' % os.getppid()
+
+        def denied(path):
+            if path == parent:
+                raise PermissionError(13, 'Permission denied')
+            return listdir(path)
+
+        self.useFixture(fixtures.MockPatch('os.listdir', denied))
+        helper.zero(self.dst, out=io.StringIO())
+        self.assertEqual(bytes(self.size), self._read(self.dst))
 
     def test_check_reports_protocol_and_digests(self):
         out = io.StringIO()
@@ -538,6 +634,12 @@ class VPMEMCopyHelperTestCase(test.NoDBTestCase):
         exc = self.assertRaises(helper.HelperError, helper.check,
                                 [self.dst], [1])
         self.assertIn('in use', str(exc))
+        user.kill()
+        user.wait()
+        self._fake_helper()
+        exc = self.assertRaises(helper.HelperError, helper.check,
+                                [self.dst], [1])
+        self.assertIn('locked by another nova-vpmem-copy', str(exc))
 
     def test_range_outside_namespace_is_refused(self):
         exc = self.assertRaises(helper.HelperError, helper.send, self.src,
