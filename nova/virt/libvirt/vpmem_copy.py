@@ -55,6 +55,17 @@ from nova.i18n import _
 LOG = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
+# Client settings that no ssh_config may change for a copy: it goes
+# straight to the destination in a connection of its own (no proxy, no
+# shared master connection), host keys are not taken from DNS or updated,
+# nothing is forwarded, and nothing runs on this host or instead of the
+# helper on the destination.
+_SSH_PINNED = [
+    'ControlMaster=no', 'ControlPath=none', 'ProxyCommand=none',
+    'ProxyJump=none', 'CanonicalizeHostname=no', 'VerifyHostKeyDNS=no',
+    'UpdateHostKeys=no', 'ForwardAgent=no', 'ForwardX11=no',
+    'ClearAllForwardings=yes', 'PermitLocalCommand=no', 'RemoteCommand=none',
+    'RequestTTY=no']
 # Bounds on the receiver's output, which a source does not trust: a line
 # of up to _LINE_SIZE bytes, plus _LINE_SIZE_PER_CHUNK for each chunk of
 # the range (its "done" line may list each chunk as stale).
@@ -213,7 +224,7 @@ class _Transport(object):
             'BatchMode=yes', 'StrictHostKeyChecking=yes', 'Compression=no',
             'ConnectTimeout=%d' % CONNECT_TIMEOUT,
             'ServerAliveInterval=%d' % SERVER_ALIVE_INTERVAL,
-            'ServerAliveCountMax=%d' % SERVER_ALIVE_COUNT]
+            'ServerAliveCountMax=%d' % SERVER_ALIVE_COUNT] + _SSH_PINNED
         if known_hosts:
             self.ssh_options += [
                 'UserKnownHostsFile=%s' % _check_path(known_hosts),

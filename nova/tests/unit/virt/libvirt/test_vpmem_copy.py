@@ -45,8 +45,15 @@ class TransportTestCase(test.NoDBTestCase):
             ['ssh', '-T', '-o', 'BatchMode=yes', '-o',
              'StrictHostKeyChecking=yes', '-o', 'Compression=no', '-o',
              'ConnectTimeout=10', '-o', 'ServerAliveInterval=5', '-o',
-             'ServerAliveCountMax=3', '-c', 'aes256-gcm@openssh.com', '-F',
-             '/etc/cfg', '--', 'dest.example.org'], argv[:-1])
+             'ServerAliveCountMax=3', '-o', 'ControlMaster=no', '-o',
+             'ControlPath=none', '-o', 'ProxyCommand=none', '-o',
+             'ProxyJump=none', '-o', 'CanonicalizeHostname=no', '-o',
+             'VerifyHostKeyDNS=no', '-o', 'UpdateHostKeys=no', '-o',
+             'ForwardAgent=no', '-o', 'ForwardX11=no', '-o',
+             'ClearAllForwardings=yes', '-o', 'PermitLocalCommand=no', '-o',
+             'RemoteCommand=none', '-o', 'RequestTTY=no', '-c',
+             'aes256-gcm@openssh.com', '-F', '/etc/cfg', '--',
+             'dest.example.org'], argv[:-1])
         self.assertEqual(
             ['sudo', '-n', 'nova-vpmem-copy', 'receive', '--device',
              '/dev/dax0.1', '--length', '5'], shlex.split(argv[-1]))

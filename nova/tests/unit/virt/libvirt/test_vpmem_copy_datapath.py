@@ -583,6 +583,28 @@ class SSHDataPathTestCase(DataPathBase):
             [vpmem_copy.NamespacePair(src, dst, MiB)], host=HOST)
         self.assertIn('Host key verification failed', str(exc))
 
+    def test_client_config_cannot_divert_the_copy(self):
+        # A nova user's ssh_config that sends connections elsewhere, shares
+        # them, runs a local command or another remote command.
+        marker = os.path.join(self.sshd.dir, 'local-command-ran')
+        control = os.path.join(self.sshd.dir, 'control')
+        with open(self.sshd.config, 'a') as f:
+            f.write('\n'.join([
+                '  ProxyCommand /bin/false', '  ControlMaster auto',
+                '  ControlPath %s' % control, '  ControlPersist yes',
+                '  PermitLocalCommand yes', '  LocalCommand touch %s' % marker,
+                '  RemoteCommand /bin/false', '  RequestTTY force', '']))
+        plain = subprocess.run(['ssh', '-F', self.sshd.config, '-o',
+                                'BatchMode=yes', HOST],
+                               capture_output=True, text=True)
+        self.assertNotEqual(0, plain.returncode)
+        src = self.namespace('src', 2 * MiB, [(0, MiB)])
+        dst = self.namespace('dst', 2 * MiB)
+        self.copy([vpmem_copy.NamespacePair(src, dst, 2 * MiB)], host=HOST)
+        self.assertEqual(self.read(src), self.read(dst))
+        self.assertFalse(os.path.exists(marker))
+        self.assertFalse(os.path.exists(control))
+
     def test_copy_with_receivers_started_ahead(self):
         self.assert_prepared_copy(host=HOST)
 
