@@ -316,7 +316,7 @@ def _helpers(st, offset=0, length=None):
     cannot take it); its other lock says which range it works on.
     """
     dev, ino = _node(st)
-    end = HELPER_MARK if length is None else offset + length
+    end = None if length is None else offset + length
     marked, overlapping = set(), set()
     with open('/proc/locks') as f:
         for line in f:
@@ -330,9 +330,9 @@ def _helpers(st, offset=0, length=None):
             stop = HELPER_MARK + 1 if fields[7] == 'EOF' else int(fields[7])
             if start == HELPER_MARK:
                 marked.add(pid)
-            elif start < end and offset <= stop:
+            elif end is not None and start < end and offset <= stop:
                 overlapping.add(pid)
-    return marked & overlapping if length is not None else marked
+    return marked if end is None else marked & overlapping
 
 
 def _uses(pid, st):
@@ -400,6 +400,13 @@ def _user_of(fd):
         # A helper starting now opens the device before it marks it.
         time.sleep(0.05)
     return int(pid)
+
+
+def _refuse_users(fd, device):
+    user = _user_of(fd)
+    if user:
+        raise HelperError(EXIT_DENIED, '%s is in use by process %s' % (
+            device, user))
 
 
 def _stop_helpers(fd, offset, length, timeout=HELPER_EXIT_WAIT,
@@ -479,10 +486,8 @@ class _Mapping(object):
             raise HelperError(EXIT_DENIED, 'bytes %d+%d of %s are locked by '
                               'another nova-vpmem-copy' % (offset, length,
                                                            device))
-        user = None if allow_in_use else _user_of(self.fd)
-        if user:
-            raise HelperError(EXIT_DENIED, '%s is in use by process %s' % (
-                device, user))
+        if not allow_in_use:
+            _refuse_users(self.fd, device)
 
     def _map(self, offset, length, align, writable):
         self.is_dax = stat.S_ISCHR(os.fstat(self.fd).st_mode)
@@ -879,10 +884,7 @@ def check(devices, lengths, out=None, allow_in_use=False):
                 if not _lock(fd, True, 0, length):
                     raise HelperError(EXIT_DENIED, '%s is locked by another '
                                       'nova-vpmem-copy' % device)
-                user = _user_of(fd)
-                if user:
-                    raise HelperError(EXIT_DENIED, '%s is in use by process '
-                                      '%s' % (device, user))
+                _refuse_users(fd, device)
         finally:
             os.close(fd)
     out.write('%s\n' % json.dumps(  # noqa: N324
