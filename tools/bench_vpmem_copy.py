@@ -21,7 +21,7 @@ each round the variants are run one after the other on every data set
 
   naive    the spec's pipeline with correct flags, default ssh cipher:
            daxio --input=SRC --len=N | ssh DEST daxio --output=DST --len=N
-           (daxio is the STAND-IN tools/fake_daxio.py,
+           (daxio is the STAND-IN e2e/bin/daxio,
            because PMDK's daxio refuses regular files)
   naive-dd the same with dd in place of the stand-in (default cipher)
   ssh-cat  cat SRC | ssh -c aes128-gcm@openssh.com DEST 'cat 1<>DST', the
@@ -87,7 +87,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.environ.get('NOVA_TREE') or os.path.join(
     os.path.dirname(HERE), '.workspace', 'nova')
 sys.path.insert(0, ROOT)
-FAKE_DAXIO = os.path.join(HERE, 'fake_daxio.py')
+FAKE_DAXIO = os.path.join(os.path.dirname(HERE), 'e2e', 'bin', 'daxio')
 MiB = 1024 * 1024
 HOST = 'bench-dest'
 CIPHER = 'aes128-gcm@openssh.com'

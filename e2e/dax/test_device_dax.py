@@ -82,6 +82,10 @@ class DaxTestBase(unittest.TestCase):
         super().setUp()
         self.rng = random.Random(self.id())
         self.tmp = tempfile.mkdtemp()
+        # Under TCG every second counts: show where they go.
+        start = time.monotonic()
+        self.addCleanup(lambda: sys.stderr.write(
+            '(%.0f s) ' % (time.monotonic() - start)))
 
     def raises(self, exc_class, func, *args, **kwargs):
         with self.assertRaises(exc_class) as caught:
@@ -342,17 +346,21 @@ class DeviceDaxTestCase(DaxTestBase):
 
 
 # Runs as the unprivileged user "nova": the copy engine as nova-compute
-# runs it, with the default root helper "sudo -n".
+# runs it, with the default root helper "sudo -n". Makes each call of the
+# JSON list in argv[1] in turn and prints the list of answers. (Importing
+# nova takes most of a minute under TCG: tests share one process.)
 _AS_NOVA = """
 import json, sys
 from nova.virt.libvirt import vpmem_copy
-args = json.loads(sys.argv[1])
-pairs = [vpmem_copy.NamespacePair(*p) for p in args.pop('pairs')]
-call = getattr(vpmem_copy, args.pop('call'))
-try:
-    print(json.dumps({'result': call(pairs, helper=[%r], **args)}))
-except Exception as e:
-    print(json.dumps({'error': '%%s: %%s' %% (type(e).__name__, e)}))
+answers = []
+for args in json.loads(sys.argv[1]):
+    pairs = [vpmem_copy.NamespacePair(*p) for p in args.pop('pairs')]
+    call = getattr(vpmem_copy, args.pop('call'))
+    try:
+        answers.append({'result': call(pairs, helper=[%r], **args)})
+    except Exception as e:
+        answers.append({'error': '%%s: %%s' %% (type(e).__name__, e)})
+print(json.dumps(answers))
 """ % VENV_HELPER
 
 
@@ -372,15 +380,27 @@ class SudoTestCase(DaxTestBase):
             f.write('127.0.1.1 %s\n' % os.uname().nodename)
         # nova must be able to run this virtualenv's Python.
         os.chmod('/root', 0o755)
+        # As a nova-compute that runs as nova with no root helper, and with
+        # a root helper command outside the sudoers rule. Neither touches a
+        # namespace, so they share one process.
+        pairs = [(cls.small[0], cls.large[0], cls.small[1])]
+        cls.not_root, cls.outside_rule = cls.as_nova(
+            ('check_namespaces', pairs, {'root_helper': []}),
+            ('check_namespaces', pairs,
+             {'root_helper': ['sudo', '-n', '/usr/bin/env']}))
 
-    def as_nova(self, call, pairs, **kwargs):
+    @staticmethod
+    def as_nova(*calls):
+        """Make each (function name, pairs, kwargs) call as nova."""
         out = subprocess.run(
             ['runuser', '-u', 'nova', '--', sys.executable, '-c', _AS_NOVA,
-             json.dumps(dict(kwargs, call=call, pairs=pairs))],
+             json.dumps([dict(kwargs, call=call, pairs=pairs)
+                         for call, pairs, kwargs in calls])],
             capture_output=True, text=True,
             env={'PYTHONPATH': os.environ['PYTHONPATH'],
                  'PATH': '/usr/sbin:/usr/bin:/sbin:/bin'})
-        self.assertEqual(0, out.returncode, out.stderr)
+        if out.returncode:
+            raise AssertionError(out.stderr)
         return json.loads(out.stdout.splitlines()[-1])
 
     def helpers_running(self):
@@ -401,33 +421,29 @@ class SudoTestCase(DaxTestBase):
         self.fill(self.large)
         pairs = [(self.small[0], self.large[0], self.small[1],
                   self.large[1], LABEL)]
-        answer = self.as_nova('check_namespaces', pairs)
-        self.assertIn(answer.get('result'), helper.available_digests(),
-                      answer)
-        answer = self.as_nova('copy_namespaces', pairs, streams=2)
-        self.assertIn('result', answer, answer)
+        check, copy = self.as_nova(('check_namespaces', pairs, {}),
+                                   ('copy_namespaces', pairs, {'streams': 2}))
+        self.assertIn(check.get('result'), helper.available_digests(), check)
+        self.assertIn('result', copy, copy)
         got = self.read(self.large)
         self.assertEqual(data[:-LABEL], got[:self.small[1] - LABEL])
         self.assertEqual(data[-LABEL:], got[-LABEL:])
 
     def test_check_fails_when_the_helper_is_not_root(self):
-        # As with a nova-compute that runs as nova and no root helper.
-        pairs = [(self.small[0], self.large[0], self.small[1])]
-        answer = self.as_nova('check_namespaces', pairs, root_helper=[])
-        self.assertIn('Permission denied', answer.get('error', ''), answer)
+        self.assertIn('Permission denied', self.not_root.get('error', ''),
+                      self.not_root)
 
     def test_a_command_outside_the_sudoers_rule_is_refused(self):
-        pairs = [(self.small[0], self.large[0], self.small[1])]
-        answer = self.as_nova('check_namespaces', pairs,
-                              root_helper=['sudo', '-n', '/usr/bin/env'])
-        self.assertIn('a password is required', answer['error'])
+        self.assertIn('a password is required',
+                      self.outside_rule.get('error', ''), self.outside_rule)
 
     def test_a_stopped_copy_stops_the_root_helpers_behind_sudo(self):
         self.fill(self.small)
         pairs = [(self.small[0], self.large[0], self.small[1])]
         # 1 MiB/s: the copy is still running when its time is up.
-        answer = self.as_nova('copy_namespaces', pairs, streams=2,
-                              bandwidth=MIB, timeout=3)
+        answer, = self.as_nova(('copy_namespaces', pairs,
+                                {'streams': 2, 'bandwidth': MIB,
+                                 'timeout': 3}))
         self.assertIn('timed out after 3 seconds', answer['error'])
         deadline = time.monotonic() + 10
         while self.helpers_running() and time.monotonic() < deadline:

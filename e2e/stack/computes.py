@@ -42,9 +42,8 @@ import pathlib
 import shutil
 import signal
 
-from e2e import hosts
-from e2e import namespaces as ns_mod
 from e2e.stack import base
+from e2e.stack import hosts
 
 MIB = 1024 * 1024
 # A namespace must be a multiple of 16 MiB plus the 2 MiB label area for the
@@ -55,14 +54,17 @@ LAYOUT = (('SMALL', 'ns_0', SMALL_SIZE), ('SMALL', 'ns_1', SMALL_SIZE),
           ('LARGE', 'ns_2', LARGE_SIZE))
 PMEM_NAMESPACES_OPTION = 'SMALL:ns_0|ns_1,LARGE:ns_2'
 NS_DIR = base.STATE / 'ns'
+ALIGN = 2 * 1024 * 1024
 CLIENT_DIR = base.STATE / 'client'
-SSH_DROPIN = pathlib.Path('/etc/ssh/ssh_config.d/nova-stack.conf')
 E2E_BIN = pathlib.Path(__file__).resolve().parents[1] / 'bin'
 # Character devices QEMU, libvirt, sshd and sudo need in the host's /dev.
 DEVICES = (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7), ('random', 1, 8),
            ('urandom', 1, 9), ('tty', 5, 0), ('net/tun', 10, 200))
+# /etc/ssh/ssh_config.d too: each host's ssh client config is its own, and
+# nothing is written to the machine's.
 PRIVATE_DIRS = ('/etc/nova', '/etc/libvirt', '/var/lib/nova',
-                '/var/lib/libvirt', '/var/log/libvirt', '/var/cache/libvirt')
+                '/var/lib/libvirt', '/var/log/libvirt', '/var/cache/libvirt',
+                '/etc/ssh/ssh_config.d')
 QEMU_CONF = '''
 # nova stack (tools/cloud): QEMU runs as root without a security driver,
 # and libvirt gives no domain a /dev of its own: the vPMEM "devices" of this
@@ -87,6 +89,31 @@ exit 2
 '''
 
 
+class Namespace(object):
+    """One vPMEM namespace of a host: a file bind-mounted on /dev/daxR.N."""
+
+    def __init__(self, name, label, devpath, backing, size, chardev):
+        self.name = name
+        self.label = label
+        self.devpath = devpath      # /dev/daxR.N, what Nova sees
+        self.backing = backing      # the regular file on the host's tmpfs
+        self.size = size
+        self.chardev = chardev
+
+    def ndctl(self, region):
+        """This namespace as one entry of ``ndctl list -X``."""
+        return {
+            'dev': 'namespace%d.%s' % (region, self.chardev.split('.')[1]),
+            'mode': 'devdax', 'map': 'dev', 'size': self.size,
+            'uuid': '00000000-0000-4000-8000-%012d' % (
+                region * 100 + int(self.chardev.split('.')[1])),
+            'daxregion': {'id': region, 'size': self.size, 'align': ALIGN,
+                          'devices': [{'chardev': self.chardev,
+                                       'size': self.size}]},
+            'name': self.name, 'numa_node': 0,
+        }
+
+
 class ComputeHost(hosts.Host):
     """One compute host: network and mount namespace, sshd, libvirt, nova."""
 
@@ -102,9 +129,9 @@ class ComputeHost(hosts.Host):
         self.mount_ns = NS_DIR / name
         self.uts_ns = NS_DIR / ('%s.uts' % name)
         self.namespaces = [
-            ns_mod.Namespace(ns_name, label, '/dev/dax%d.%d' % (region, n),
-                             self.root / 'pmem' / ('dax%d.%d' % (region, n)),
-                             size, 'dax%d.%d' % (region, n))
+            Namespace(ns_name, label, '/dev/dax%d.%d' % (region, n),
+                      self.root / 'pmem' / ('dax%d.%d' % (region, n)),
+                      size, 'dax%d.%d' % (region, n))
             for n, (label, ns_name, size) in enumerate(LAYOUT)]
 
     def _in_ns(self, *argv):
@@ -315,22 +342,23 @@ def setup_ssh():
         '%s %s\n' % (host.address,
                      ' '.join(host.public_host_key().split()[:2]))
         for host in ALL_HOSTS))
-    blocks = ['# Written by tools/cloud (e2e/stack/computes.py); removed by',
-              '# "tools/cloud down". Host keys are pinned, never skipped.']
+    blocks = ['# Written by tools/cloud (e2e/stack/computes.py) into this',
+              "# host's private /etc/ssh/ssh_config.d. Host keys are pinned."]
     for host in ALL_HOSTS:
         blocks += ['Host %s' % host.address, '    User root',
                    '    IdentityFile %s' % identity, '    IdentitiesOnly yes',
                    '    UserKnownHostsFile %s' % known_hosts,
                    '    GlobalKnownHostsFile /dev/null', '    BatchMode yes',
                    '    StrictHostKeyChecking yes', '    ConnectTimeout 5']
-    SSH_DROPIN.write_text('\n'.join(blocks) + '\n')
+    for host in ALL_HOSTS:
+        host.private('/etc/ssh/ssh_config.d').joinpath(
+            'nova-stack.conf').write_text('\n'.join(blocks) + '\n')
     return known_hosts
 
 
 def teardown():
     for host in ALL_HOSTS:
         host.destroy()
-    SSH_DROPIN.unlink(missing_ok=True)
     for path in ('/etc/nova', '/var/lib/nova'):
         try:
             os.rmdir(path)          # only when empty: then it was ours

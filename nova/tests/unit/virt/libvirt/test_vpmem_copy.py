@@ -12,8 +12,8 @@
 
 """Unit tests of the vPMEM copy engine's command building and checks.
 
-Bytes moving through real processes are covered by
-test_vpmem_copy_datapath.py.
+Bytes moving through real processes and a real sshd are covered by the
+functional tests in nova.tests.functional.libvirt.test_vpmem_copy_datapath.
 """
 
 import shlex

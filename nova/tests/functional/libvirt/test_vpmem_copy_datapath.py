@@ -12,6 +12,10 @@
 
 """Data-path tests of the vPMEM copy: real bytes through real processes.
 
+These start processes and a real sshd, so they are functional tests; the
+ssh ones need root (the loopback sshd logs in as root) and say so when they
+are skipped.
+
 Files stand in for the device-DAX namespaces (the helper's test allow-list
 names them), the root helper runs as the test user without sudo, and the
 remote side is reached with the real ssh client through a real sshd started
@@ -41,21 +45,43 @@ SSHD = shutil.which('sshd') or '/usr/sbin/sshd'
 HOST = 'vpmem-dest'
 NOVA_ROOT = os.path.dirname(os.path.dirname(nova.__file__))
 
-# Test-only wrapper around the helper: in mode "truncate" or "corrupt" it
-# runs the real "send" and damages its output stream on the way; any other
-# subcommand runs the real helper unchanged.
+# Test-only wrapper around the helper, to break a copy the way hardware and
+# networks do. Modes: "truncate" (send exits 0 after half of its stream, as
+# daxio does on short input), "corrupt" (one byte of send's stream flips),
+# "die-send" (send dies of SIGBUS half-way, as on a poisoned PMEM line),
+# "die-receive" (receive is killed half-way through its range). Any other
+# mode or subcommand runs the real helper unchanged.
 _WRAPPER = '''
-import os, subprocess, sys
+import os, signal, subprocess, sys
 mode, args = sys.argv[1], sys.argv[2:]
 cmd = [sys.executable, "-m", "nova.cmd.vpmem_copy"] + args
-if args[0] != "send" or mode == "pass":
+broken = "receive" if mode == "die-receive" else "send"
+if mode == "pass" or args[0] != broken:
     os.execv(sys.executable, cmd)
-data = bytearray(subprocess.run(cmd, stdout=subprocess.PIPE).stdout)
-if mode == "truncate":
-    data = data[:len(data) // 2]
+if mode in ("truncate", "corrupt"):
+    data = bytearray(subprocess.run(cmd, stdout=subprocess.PIPE).stdout)
+    if mode == "truncate":
+        data = data[:len(data) // 2]
+    else:
+        data[len(data) // 3] ^= 0x40
+    sys.stdout.buffer.write(data)
+    sys.exit(0)
+budget = int(args[args.index("--length") + 1]) // 2
+if mode == "die-send":
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    src, dst = proc.stdout.fileno(), 1
 else:
-    data[len(data) // 3] ^= 0x40
-sys.stdout.buffer.write(data)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, bufsize=0)
+    src, dst = 0, proc.stdin.fileno()
+while budget > 0:
+    block = os.read(src, min(budget, 65536))
+    if not block:
+        break
+    os.write(dst, block)
+    budget -= len(block)
+proc.kill()
+proc.wait()
+os.kill(os.getpid(), signal.SIGBUS if mode == "die-send" else signal.SIGKILL)
 '''
 
 
@@ -104,7 +130,7 @@ class SSHServerFixture(fixtures.Fixture):
         self.sshd = subprocess.Popen(
             [SSHD, '-D', '-e', '-f', join('sshd_config')],
             stderr=open(join('sshd.log'), 'wb'), start_new_session=True)
-        self.addCleanup(self._stop)
+        self.addCleanup(self.stop)
         for _ in range(100):
             try:
                 socket.create_connection(('127.0.0.1', self.port), 1).close()
@@ -114,7 +140,7 @@ class SSHServerFixture(fixtures.Fixture):
         else:
             raise RuntimeError('sshd did not start')
 
-    def _stop(self):
+    def stop(self):
         # The session processes are in sshd's process group.
         try:
             os.killpg(self.sshd.pid, signal.SIGKILL)
@@ -634,3 +660,41 @@ class SSHDataPathTestCase(DataPathBase):
         self.check([pair], host=HOST, known_hosts=pinned)
         self.copy([pair], host=HOST, known_hosts=pinned)
         self.assertEqual(self.read(src), self.read(dst))
+
+    def test_source_that_dies_mid_stream_fails_the_copy(self):
+        # SIGBUS half-way: what reading a poisoned PMEM line does.
+        self._assert_failed_and_cleaned('die-send', 'exited with')
+
+    def test_receiver_killed_mid_stream_fails_the_copy(self):
+        self._assert_failed_and_cleaned('die-receive', 'exited with')
+
+    def test_unreachable_destination_fails_before_writing(self):
+        src = self.namespace('src', MiB)
+        dst = self.namespace('dst', MiB)
+        before = self.read(dst)
+        pair = vpmem_copy.NamespacePair(src, dst, MiB)
+        self.sshd.stop()
+        exc = self.assertRaises(exception.VPMEMCopyCheckFailed, self.check,
+                                [pair], host=HOST)
+        self.assertIn('Connection refused', str(exc))
+        exc = self.assertRaises(exception.VPMEMCopyFailed, self.copy,
+                                [pair], host=HOST)
+        self.assertIn('Connection refused', str(exc))
+        self.assertEqual(before, self.read(dst))
+
+    def test_copy_past_its_time_limit_is_stopped(self):
+        size = 8 * MiB
+        src = self.namespace('src', size)
+        dst = self.namespace('dst', size)
+        start = time.monotonic()
+        # 1 MiB/s: eight seconds of copy for a two-second limit.
+        exc = self.assertRaises(
+            exception.VPMEMCopyFailed, self.copy,
+            [vpmem_copy.NamespacePair(src, dst, size)], host=HOST,
+            streams=2, bandwidth=MiB, timeout=2)
+        self.assertLess(time.monotonic() - start, 8)
+        self.assertIn('timed out after 2 seconds', str(exc))
+        self.assertEqual([dst], exc.touched)
+        # No helper is left writing: the zeroing takes the device's lock.
+        self.assertEqual([], self.zero(exc.touched, HOST))
+        self.assertEqual(bytes(size), self.read(dst))
