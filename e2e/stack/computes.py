@@ -56,6 +56,7 @@ PMEM_NAMESPACES_OPTION = 'SMALL:ns_0|ns_1,LARGE:ns_2'
 NS_DIR = base.STATE / 'ns'
 ALIGN = 2 * 1024 * 1024
 CLIENT_DIR = base.STATE / 'client'
+COPY_KEY = CLIENT_DIR / 'id_vpmem_copy'
 E2E_BIN = pathlib.Path(__file__).resolve().parents[1] / 'bin'
 # Character devices QEMU, libvirt, sshd and sudo need in the host's /dev.
 DEVICES = (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7), ('random', 1, 8),
@@ -335,8 +336,17 @@ def setup_ssh():
         base.run('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C',
                  'nova stack migration key', '-f', str(identity))
     pubkey = identity.with_suffix('.pub').read_text()
+    # The vPMEM copy's own key, restricted to the helper's ssh gate, as the
+    # admin guide sets it up.
+    if not COPY_KEY.exists():
+        base.run('ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C',
+                 'nova stack vPMEM copy key', '-f', str(COPY_KEY))
+    copy_pubkey = COPY_KEY.with_suffix('.pub').read_text().strip()
     for host in ALL_HOSTS:
-        host.write_sshd_config(pubkey, [host.venv_bin], {})
+        helper = host.venv_bin / 'nova-vpmem-copy'
+        gate = 'restrict,command="%s ssh-gate sudo -n %s" %s\n' % (
+            helper, helper, copy_pubkey)
+        host.write_sshd_config(pubkey + gate, [host.venv_bin], {})
     known_hosts = CLIENT_DIR / 'known_hosts'
     known_hosts.write_text(''.join(
         '%s %s\n' % (host.address,

@@ -20,6 +20,7 @@ with the name of the step that failed.
 import unittest
 
 from e2e.stack import base
+from e2e.stack import computes
 from e2e.stack import scenario
 
 
@@ -91,3 +92,34 @@ class CloudTourTestCase(StepsTestCase):
 
     def test_9_delete(self):
         self._run('delete')
+
+
+class CopyKeyTestCase(unittest.TestCase):
+    """The copy's own ssh key runs the helper's gate and nothing else.
+
+    Every copy of the tour, the upgrade and the crash steps logs in with
+    this key; here it asks each compute host for something else.
+    """
+
+    def _ssh(self, host, *command):
+        return base.run(
+            'ssh', '-F', '/dev/null', '-i', computes.COPY_KEY, '-o',
+            'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o',
+            'StrictHostKeyChecking=yes', '-o',
+            'UserKnownHostsFile=%s' % (computes.CLIENT_DIR / 'known_hosts'),
+            'root@%s' % host.address, *command, check=False)
+
+    def test_copy_key_opens_no_shell_and_reads_no_namespace(self):
+        for host in computes.HOSTS:
+            device = '/dev/dax%d.0' % host.region
+            for command in ((), ('id',), ('cat', device),
+                            (host.venv_bin / 'nova-vpmem-copy', 'send',
+                             '--device', device, '--length', '4096')):
+                out = self._ssh(host, *command)
+                print('\n  %s: ssh %s -> exit %d: %s' % (
+                    host.name, ' '.join(map(str, command)) or '(shell)',
+                    out.returncode, out.stderr.strip()[-120:]), flush=True)
+                self.assertEqual(6, out.returncode, out.stderr)
+                self.assertEqual('', out.stdout)
+                self.assertIn('this key only runs nova-vpmem-copy',
+                              out.stderr)

@@ -53,8 +53,9 @@ Subcommands:
 
 Before touching a device the helper checks that the path is one of this
 host's device-DAX namespaces as listed by ``ndctl list -X`` and named in
-``[libvirt] pmem_namespaces`` of nova's own configuration files (the
-allow-list never comes from the unprivileged caller). For its whole run it
+``[libvirt] pmem_namespaces`` of nova's configuration files, which must be
+owned by root and writable by root only (the caller may name nova-compute's
+files with ``--config-file``, never write them). For its whole run it
 then holds POSIX locks on the device: a shared one on a byte past the end
 of any namespace that marks it as a helper, and one on the range it works
 on, shared to read and exclusive to write, so that two helpers never write
@@ -62,15 +63,12 @@ one range and nova's own zeroing (which locks the whole device) never runs
 beside a helper; ``zero`` stops the helpers whose locks are in its way.
 Unless a pre-copy's first pass reads a running guest's namespace, no other
 process may have the device open or mapped, compared by device number;
-a process that cannot be inspected counts as a user. For
-tests without PMEM hardware the variable ``NOVA_VPMEM_COPY_NAMESPACES`` may
-name a JSON file ``[{"path": ..., "size": ..., "align": ...}]`` that
-replaces both; it is honoured only when the helper was not started by sudo
-and the file is owned by the effective user and not writable by group or
-others.
+a process that cannot be inspected counts as a user.
 
-This module deliberately depends on the standard library only, so that the
-code running as root is small and can be audited on its own.
+This module and the stream format it shares with the copy engine
+(``nova.virt.vpmem_stream``) deliberately depend on the standard library
+only, so that the code running as root is small and can be audited on its
+own.
 """
 
 import argparse
@@ -86,39 +84,16 @@ import importlib.util
 import json
 import mmap
 import os
+import shlex
 import shutil
 import signal
 import stat
-import struct
 import subprocess  # nosec: B404 argv lists only, never a shell
 import sys
 import time
 
-# The stream starts with MAGIC and STREAM_HDR: the digest of DATA records,
-# the digest of SAME records (empty without a record), range offset, range
-# length and chunk size. Each record is RECORD_HDR: kind, offset (relative
-# to the range), length, digest; DATA records are followed by ``length``
-# bytes. SAME records carry only the digest of a chunk the destination
-# already holds. END carries the number of bytes covered in ``offset`` and
-# the number of chunk records in ``length``.
-PROTOCOL = 2
-MAGIC = b'NVPMCP%d\n' % PROTOCOL
-STREAM_HDR = struct.Struct('<16s16sQQI')
-DIGEST_SIZE = 32
-RECORD_HDR = struct.Struct('<BQI%ds' % DIGEST_SIZE)
-DATA, ZERO, SAME, END = 1, 2, 3, 255
-# The record of an earlier pass (send --with-record, on stdin): RECORD_MAGIC,
-# a STREAM_HDR naming the record's cryptographic digest, its fast digest
-# (may be empty) and the range it covers, then per chunk of the range the
-# two digests, all zero bytes for a chunk it has none for.
-RECORD_MAGIC = b'NVPMRC%d\n' % PROTOCOL
-NO_DIGEST = bytes(DIGEST_SIZE)
+from nova.virt import vpmem_stream as stream
 
-DEFAULT_CHUNK = 1024 * 1024
-# Bounds on a chunk: a page at least, so that neither the per-chunk work nor
-# a record (two digests per chunk) can be made to grow without limit.
-MIN_CHUNK = 4096
-MAX_CHUNK = 64 * 1024 * 1024
 PROGRESS_EVERY = 64 * 1024 * 1024
 # ... and at least this often (seconds), so that a receiver whose caller
 # died (a killed nova-compute) fails on its next write within a second, and
@@ -137,15 +112,20 @@ MARK_TRIES = 20
 HELPER_EXIT_WAIT = 30
 # Seconds a helper stopped by zero gets between SIGTERM and SIGKILL.
 HELPER_KILL_GRACE = 5
-NAMESPACES_ENV = 'NOVA_VPMEM_COPY_NAMESPACES'
 # Programs run as root come from these directories only, whatever PATH the
 # caller had.
 SAFE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 # nova-compute's configuration, read for [libvirt] pmem_namespaces: the
 # namespaces that nova may give to guests, and so the only ones the helper
-# touches. Later files win, as with oslo.config.
+# touches. Later files win, as with oslo.config. --config-file and
+# --config-dir (nova-compute's own) replace these defaults.
 NOVA_CONFIG_FILES = ('/etc/nova/nova.conf', '/etc/nova/nova-compute.conf')
 NOVA_CONFIG_DIR = '/etc/nova/nova.conf.d'
+# ... and they count only when this user owns them and nobody else may
+# write them: they decide which devices root writes.
+CONFIG_OWNER = 0
+# The configuration this run reads: main() sets it from the command line.
+_config = {'files': (), 'directories': ()}
 F_SETPIPE_SZ = 1031
 # Prefaulting the mapping in one call is much cheaper than a page fault per
 # page while copying.
@@ -170,10 +150,6 @@ class HelperError(Exception):
 # the start of every stream short.
 _DIGEST_MODULES = {'xxh3_64': 'xxhash', 'blake3': 'blake3', 'sha256': None,
                    'blake2b': None}
-# The digests a SAME record may rely on. The guest controls the data, so two
-# chunks with the same digest must not be craftable: 256-bit cryptographic
-# digests only.
-CRYPTO_DIGESTS = ('blake3', 'sha256', 'blake2b')
 
 
 def available_digests():
@@ -192,23 +168,29 @@ def _digest_function(name):
         return lambda data: xxhash.xxh3_64(data).digest()
     if name == 'blake3':
         import blake3
-        return lambda data: blake3.blake3(data).digest(length=DIGEST_SIZE)
+        return lambda data: blake3.blake3(data).digest(
+            length=stream.DIGEST_SIZE)
     if name == 'sha256':
         return lambda data: hashlib.sha256(data).digest()
-    return lambda data: hashlib.blake2b(data,
-                                        digest_size=DIGEST_SIZE).digest()
+    return lambda data: hashlib.blake2b(
+        data, digest_size=stream.DIGEST_SIZE).digest()
 
 
 def _digest(name, view):
     """Digest of view, padded to the DIGEST_SIZE bytes of a record."""
     if name == 'none':
-        return NO_DIGEST
-    return _digest_function(name)(view).ljust(DIGEST_SIZE, b'\0')
+        return stream.NO_DIGEST
+    return _digest_function(name)(view).ljust(stream.DIGEST_SIZE, b'\0')
 
 
 # -- namespace allow-list ----------------------------------------------------
 
-def _namespaces_from_ndctl():
+def known_namespaces():
+    """Return {devpath: {'size': bytes, 'align': bytes}} for this host.
+
+    The device-DAX namespaces that ndctl lists and nova may give to guests.
+    """
+    allowed = _nova_namespace_names(**_config)
     ndctl = shutil.which('ndctl', path=SAFE_PATH)
     if not ndctl:
         raise HelperError(EXIT_USAGE, 'ndctl is not installed in %s' %
@@ -216,7 +198,6 @@ def _namespaces_from_ndctl():
     out = subprocess.run(  # nosec: B603 fixed argv, absolute path
         [ndctl, 'list', '-X'], check=True, capture_output=True,
         timeout=60, env={'PATH': SAFE_PATH}).stdout
-    allowed = _nova_namespace_names()
     namespaces = {}
     for ns in json.loads(out or b'[]'):  # noqa: N324
         if ns.get('name') not in allowed:
@@ -234,46 +215,47 @@ def _namespaces_from_ndctl():
     return namespaces
 
 
-def _namespaces_from_file(path):
-    if 'SUDO_UID' in os.environ:
-        raise HelperError(EXIT_DENIED, '%s is ignored when started by sudo'
-                          % NAMESPACES_ENV)
-    with open(path, 'rb') as f:
-        # Checked on the open file: the path may change under us.
-        st = os.fstat(f.fileno())
-        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP |
-                                                      stat.S_IWOTH):
-            raise HelperError(EXIT_DENIED, '%s must be owned by uid %d and '
-                              'not writable by group or others' % (
-                                  path, os.geteuid()))
-        entries = json.load(f)  # noqa: N324
-    return {os.path.realpath(e['path']): {
-        'size': int(e['size']), 'align': int(e.get('align', mmap.PAGESIZE))}
-        for e in entries}
+def _config_paths(files, directories):
+    """[(path, whether it must exist)] of the files to read, in order."""
+    def conf_d(path):
+        return [(f, True) for f in sorted(glob.glob(os.path.join(path,
+                                                                 '*.conf')))]
+    if not files and not directories:
+        return [(f, False) for f in NOVA_CONFIG_FILES] + conf_d(
+            NOVA_CONFIG_DIR)
+    return [(f, True) for f in files] + [
+        entry for d in directories for entry in conf_d(d)]
 
 
-def _nova_namespace_names():
+def _nova_namespace_names(files=(), directories=()):
     """Return the namespace names in nova's [libvirt] pmem_namespaces."""
     parser = configparser.ConfigParser(interpolation=None, strict=False)
-    files = list(NOVA_CONFIG_FILES) + sorted(
-        glob.glob(os.path.join(NOVA_CONFIG_DIR, '*.conf')))
-    parser.read(files)
+    paths = _config_paths(files, directories)
+    for path, required in paths:
+        try:
+            f = open(path, encoding='utf-8')
+        except FileNotFoundError:
+            if required:
+                raise HelperError(EXIT_USAGE, '%s does not exist' % path)
+            continue
+        with f:
+            # Checked on the open file: the path may change under us.
+            st = os.fstat(f.fileno())
+            if st.st_uid != CONFIG_OWNER or st.st_mode & (stat.S_IWGRP |
+                                                          stat.S_IWOTH):
+                raise HelperError(EXIT_DENIED, '%s must be owned by uid %d '
+                                  'and writable by it only: it names the '
+                                  'namespaces that may be written as root'
+                                  % (path, CONFIG_OWNER))
+            parser.read_file(f, source=path)
     value = parser.get('libvirt', 'pmem_namespaces', fallback='')
     names: set[str] = set()
     for group in filter(None, value.split(',')):
         names.update(filter(None, group.partition(':')[2].split('|')))
     if not names:
         raise HelperError(EXIT_DENIED, 'no [libvirt] pmem_namespaces in %s'
-                          % ', '.join(files))
+                          % ', '.join(p for p, _ in paths))
     return names
-
-
-def known_namespaces():
-    """Return {devpath: {'size': bytes, 'align': bytes}} for this host."""
-    override = os.environ.get(NAMESPACES_ENV)
-    if override:
-        return _namespaces_from_file(override)
-    return _namespaces_from_ndctl()
 
 
 def _check_device(device, offset, length):
@@ -601,7 +583,7 @@ class _Record(object):
         self.digest = digest
         # Cheap to tell a chunk that changed; '' if not available here.
         self.fast_digest = fast_digest
-        self.entry = bytearray(2 * DIGEST_SIZE)
+        self.entry = bytearray(2 * stream.DIGEST_SIZE)
         self.truncated = False
 
     def next_chunk(self):
@@ -617,10 +599,10 @@ class _Record(object):
                              'ended early, sending the other chunks\n')
             self.truncated = True
             return None
-        digest = bytes(self.entry[:DIGEST_SIZE])
-        if digest == NO_DIGEST:
+        digest = bytes(self.entry[:stream.DIGEST_SIZE])
+        if digest == stream.NO_DIGEST:
             return None
-        return digest, bytes(self.entry[DIGEST_SIZE:])
+        return digest, bytes(self.entry[stream.DIGEST_SIZE:])
 
 
 def _read_record(in_fd, offset, length, chunk):
@@ -631,15 +613,15 @@ def _read_record(in_fd, offset, length, chunk):
         chunk size, with a digest that is not cryptographic or not
         available here, or a truncated header.
     """
-    head = bytearray(len(RECORD_MAGIC) + STREAM_HDR.size)
+    head = bytearray(len(stream.RECORD_MAGIC) + stream.STREAM_HDR.size)
     if (_read_exact(in_fd, memoryview(head)) == len(head) and
-            head.startswith(RECORD_MAGIC)):
-        name, fast, r_offset, r_length, r_chunk = STREAM_HDR.unpack_from(
-            head, len(RECORD_MAGIC))
+            head.startswith(stream.RECORD_MAGIC)):
+        name, fast, r_offset, r_length, r_chunk = (
+            stream.STREAM_HDR.unpack_from(head, len(stream.RECORD_MAGIC)))
         digest = name.rstrip(b'\0').decode('ascii', 'replace')
         fast = fast.rstrip(b'\0').decode('ascii', 'replace')
         if ((r_offset, r_length, r_chunk) == (offset, length, chunk) and
-                digest in CRYPTO_DIGESTS and
+                digest in stream.CRYPTO_DIGESTS and
                 digest in available_digests()):
             return _Record(in_fd, digest,
                            fast if fast in available_digests() else '')
@@ -650,7 +632,8 @@ def _read_record(in_fd, offset, length, chunk):
 
 def _send_chunk(out_fd, pos, view, zero, digest, record, recorded):
     if _is_zero(view, zero):
-        _write_all(out_fd, RECORD_HDR.pack(ZERO, pos, len(view), b''))
+        _write_all(out_fd, stream.RECORD_HDR.pack(stream.ZERO, pos,
+                                                  len(view), b''))
         return
     data_digest = None
     if recorded:
@@ -666,12 +649,13 @@ def _send_chunk(out_fd, pos, view, zero, digest, record, recorded):
             chunk_digest = _digest(record.digest, view)
             if chunk_digest == recorded[0]:
                 # The destination holds it already; it checks that it does.
-                _write_all(out_fd, RECORD_HDR.pack(SAME, pos, len(view),
-                                                   chunk_digest))
+                _write_all(out_fd, stream.RECORD_HDR.pack(
+                    stream.SAME, pos, len(view), chunk_digest))
                 return
     if data_digest is None:
         data_digest = _digest(digest, view)
-    _write_all(out_fd, RECORD_HDR.pack(DATA, pos, len(view), data_digest))
+    _write_all(out_fd, stream.RECORD_HDR.pack(stream.DATA, pos, len(view),
+                                              data_digest))
     _write_all(out_fd, view)
 
 
@@ -698,7 +682,7 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
     records = 0
     start = time.monotonic()
     try:
-        _write_all(out_fd, MAGIC + STREAM_HDR.pack(
+        _write_all(out_fd, stream.MAGIC + stream.STREAM_HDR.pack(
             digest.encode(), record.digest.encode() if record else b'',
             offset, length, chunk))
         for pos in range(0, length, chunk):
@@ -718,8 +702,8 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
                     time.monotonic() - start)
                 if ahead > 0:
                     time.sleep(ahead)
-        _write_all(out_fd, RECORD_HDR.pack(
-            END, min(records * chunk, length), records, b''))
+        _write_all(out_fd, stream.RECORD_HDR.pack(
+            stream.END, min(records * chunk, length), records, b''))
     finally:
         dev.close()
 
@@ -732,7 +716,7 @@ def _print_record(out, pos, view, digest):
     """
     fast = best_digest()
     fast_hex = ('%s %s' % (fast, _digest_function(fast)(view).hex())
-                if fast not in CRYPTO_DIGESTS else '')
+                if fast not in stream.CRYPTO_DIGESTS else '')
     out.write('chunk %d %d %s %s\n' % (pos, len(view), digest.hex(),
                                        fast_hex))
 
@@ -751,13 +735,13 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
         source_offset = offset
     ns, length = _check_device(device, offset, length)
     _prepare_pipe(in_fd)
-    hdr = bytearray(len(MAGIC) + STREAM_HDR.size)
+    hdr = bytearray(len(stream.MAGIC) + stream.STREAM_HDR.size)
     if _read_exact(in_fd, memoryview(hdr)) < len(hdr):
         raise HelperError(EXIT_TRUNCATED, 'stream truncated before its header')
-    if hdr[:len(MAGIC)] != MAGIC:
+    if hdr[:len(stream.MAGIC)] != stream.MAGIC:
         raise HelperError(EXIT_PROTOCOL, 'not a nova-vpmem-copy stream')
-    name, same_name, s_offset, s_length, chunk = STREAM_HDR.unpack_from(
-        hdr, len(MAGIC))
+    name, same_name, s_offset, s_length, chunk = stream.STREAM_HDR.unpack_from(
+        hdr, len(stream.MAGIC))
     digest = name.rstrip(b'\0').decode('ascii', 'replace')
     same_digest = same_name.rstrip(b'\0').decode('ascii', 'replace')
     if (s_offset, s_length) != (source_offset, length):
@@ -768,9 +752,9 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
         if name not in ('none', '') and name not in available_digests():
             raise HelperError(EXIT_PROTOCOL, 'digest %s is not available on '
                               'this host' % name)
-    if not MIN_CHUNK <= chunk <= MAX_CHUNK:
+    if not stream.MIN_CHUNK <= chunk <= stream.MAX_CHUNK:
         raise HelperError(EXIT_PROTOCOL, 'bad chunk size %d' % chunk)
-    if precopy and digest not in CRYPTO_DIGESTS:
+    if precopy and digest not in stream.CRYPTO_DIGESTS:
         raise HelperError(EXIT_PROTOCOL, 'a first pass needs a '
                           'cryptographic digest, not %s' % digest)
 
@@ -783,14 +767,14 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
     pos = records = 0
     next_progress = PROGRESS_EVERY
     progress_due = time.monotonic() + PROGRESS_SECONDS
-    rec = bytearray(RECORD_HDR.size)
+    rec = bytearray(stream.RECORD_HDR.size)
     try:
         while True:
             if _read_exact(in_fd, memoryview(rec)) < len(rec):
                 raise HelperError(EXIT_TRUNCATED, 'stream truncated at byte '
                                   '%d of %d (no END record)' % (pos, length))
-            kind, r_off, r_len, r_digest = RECORD_HDR.unpack(rec)
-            if kind == END:
+            kind, r_off, r_len, r_digest = stream.RECORD_HDR.unpack(rec)
+            if kind == stream.END:
                 if precopy and r_off < length:
                     length = stats['length'] = pos
                 if (r_off, r_len) != (length, records) or pos != length:
@@ -799,13 +783,14 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
                                       'in %d chunks' % (r_off, r_len, pos,
                                                         records))
                 break
-            if (kind not in (DATA, ZERO, SAME) or r_off != pos or
-                    not 0 < r_len <= chunk or pos + r_len > length):
+            if (kind not in (stream.DATA, stream.ZERO, stream.SAME) or
+                    r_off != pos or not 0 < r_len <= chunk or
+                    pos + r_len > length):
                 raise HelperError(EXIT_PROTOCOL, 'unexpected record kind %d '
                                   'at %d+%d, expected offset %d' % (
                                       kind, r_off, r_len, pos))
             with dev.view[pos:pos + r_len] as view:
-                if kind == DATA:
+                if kind == stream.DATA:
                     if _read_exact(in_fd, view) < r_len:
                         raise HelperError(EXIT_TRUNCATED, 'stream truncated '
                                           'inside the chunk at byte %d' % pos)
@@ -819,8 +804,8 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
                     stats['data_bytes'] += r_len
                     if precopy:
                         _print_record(out, pos, view, r_digest)
-                elif kind == SAME:
-                    if same_digest not in CRYPTO_DIGESTS:
+                elif kind == stream.SAME:
+                    if same_digest not in stream.CRYPTO_DIGESTS:
                         raise HelperError(EXIT_PROTOCOL, 'SAME record in a '
                                           'stream without a cryptographic '
                                           'digest for it')
@@ -853,7 +838,7 @@ def zero(device, out=None, offset=0, length=None):
     ns, length = _check_device(device, offset, length)
     dev = _Mapping(device, offset, length, ns['align'], writable=True,
                    stop_helpers=True)
-    chunk = DEFAULT_CHUNK
+    chunk = stream.DEFAULT_CHUNK
     zeroes = bytes(chunk)
     filled = 0
     try:
@@ -888,14 +873,53 @@ def check(devices, lengths, out=None, allow_in_use=False):
         finally:
             os.close(fd)
     out.write('%s\n' % json.dumps(  # noqa: N324
-        {'protocol': PROTOCOL, 'digests': available_digests()}))
+        {'protocol': stream.PROTOCOL, 'digests': available_digests()}))
     out.flush()
+
+
+# What the copy's own ssh identity may run on the other host, through the
+# ssh-gate forced command: write, zero and check a namespace; never read
+# one, never beside a running guest.
+GATE_COMMANDS = ('receive', 'zero', 'check')
+
+
+def gate_argv(command, runner):
+    """The argv that runs what an ssh client asked for, or refuse it.
+
+    :param command: the client's command (``SSH_ORIGINAL_COMMAND``)
+    :param runner: argv prefix that runs this helper as root
+    """
+    words = shlex.split(command or '')
+    # The client's own root helper and helper come first: the gate's
+    # runner replaces them.
+    start = next((i for i, word in enumerate(words)
+                  if word in GATE_COMMANDS or word == 'send' or
+                  word.startswith('--config-')), None)
+    parsed = None
+    if start is not None:
+        try:
+            parsed = _parser().parse_args(words[start:])
+        except SystemExit:
+            raise HelperError(EXIT_USAGE, 'invalid arguments in %r' %
+                              command)
+    if (parsed is None or parsed.command not in GATE_COMMANDS or
+            getattr(parsed, 'allow_in_use', False)):
+        raise HelperError(EXIT_DENIED, 'this key only runs nova-vpmem-copy '
+                          '%s, not %r' % ('/'.join(GATE_COMMANDS), command))
+    return list(runner) + words[start:]
 
 
 def _parser():
     parser = argparse.ArgumentParser(
         prog='nova-vpmem-copy',
         description='Copy or zero vPMEM namespaces for nova-compute.')
+    parser.add_argument('--config-file', action='append', default=[],
+                        help="nova-compute's configuration file, for its "
+                             '[libvirt] pmem_namespaces (repeatable; '
+                             'default: %s)' % ', '.join(NOVA_CONFIG_FILES))
+    parser.add_argument('--config-dir', action='append', default=[],
+                        help="nova-compute's configuration directory "
+                             '(repeatable; default: %s)' % NOVA_CONFIG_DIR)
     sub = parser.add_subparsers(dest='command', required=True)
     for name in ('send', 'receive'):
         cmd = sub.add_parser(name)
@@ -910,7 +934,8 @@ def _parser():
         help='first pass of a pre-copy: print the digest of every DATA '
              'chunk that landed, accept a stream that ends early')
     send_cmd = sub.choices['send']
-    send_cmd.add_argument('--chunk-size', type=int, default=DEFAULT_CHUNK)
+    send_cmd.add_argument('--chunk-size', type=int,
+                          default=stream.DEFAULT_CHUNK)
     send_cmd.add_argument('--digest', default=best_digest(),
                           choices=available_digests() + ['none'])
     send_cmd.add_argument('--rate', type=int, default=0,
@@ -933,17 +958,31 @@ def _parser():
     check_cmd.add_argument('--device', action='append', default=[])
     check_cmd.add_argument('--length', type=int, action='append', default=[])
     check_cmd.add_argument('--allow-in-use', action='store_true')
+    gate_cmd = sub.add_parser(
+        'ssh-gate', help='the forced command of the copy\'s ssh key: run '
+        'the client\'s receive, zero or check with RUNNER, refuse the rest')
+    gate_cmd.add_argument('runner', nargs=argparse.REMAINDER,
+                          help='the command that runs this helper as root')
     return parser
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
     os.environ['PATH'] = SAFE_PATH
+    _config.update(files=args.config_file, directories=args.config_dir)
     try:
-        if args.command == 'send':
-            if not MIN_CHUNK <= args.chunk_size <= MAX_CHUNK:
+        if args.command == 'ssh-gate':
+            if not args.runner:
+                raise HelperError(EXIT_USAGE, 'ssh-gate needs the command '
+                                  'that runs nova-vpmem-copy as root')
+            argv = gate_argv(os.environ.get('SSH_ORIGINAL_COMMAND'),
+                             args.runner)
+            os.execvp(argv[0], argv)
+        elif args.command == 'send':
+            if not stream.MIN_CHUNK <= args.chunk_size <= stream.MAX_CHUNK:
                 raise HelperError(EXIT_USAGE, 'the chunk size must be %d to '
-                                  '%d bytes' % (MIN_CHUNK, MAX_CHUNK))
+                                  '%d bytes' % (stream.MIN_CHUNK,
+                                                stream.MAX_CHUNK))
             send(args.device, args.offset, args.length, args.chunk_size,
                  args.digest, args.rate, live=args.live,
                  record_fd=0 if args.with_record else None,

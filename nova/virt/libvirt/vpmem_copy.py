@@ -48,9 +48,9 @@ from oslo_log import log as logging
 from oslo_serialization import jsonutils
 from oslo_utils import excutils
 
-from nova.cmd import vpmem_copy as vpmem_helper
 from nova import exception
 from nova.i18n import _
+from nova.virt import vpmem_stream
 
 LOG = logging.getLogger(__name__)
 
@@ -74,9 +74,9 @@ _LINE_SIZE_PER_CHUNK = 48
 DEFAULT_CIPHER = 'aes128-gcm@openssh.com'
 STDERR_TAIL = 400
 # The stream protocol of the helper that this module speaks.
-PROTOCOL = vpmem_helper.PROTOCOL
+PROTOCOL = vpmem_stream.PROTOCOL
 # The digests a pre-copy's record may use.
-CRYPTO_DIGESTS = vpmem_helper.CRYPTO_DIGESTS
+CRYPTO_DIGESTS = vpmem_stream.CRYPTO_DIGESTS
 # A destination that does not answer fails the copy in bounded time: ssh
 # gives up connecting after CONNECT_TIMEOUT seconds, and an established
 # connection after SERVER_ALIVE_INTERVAL * SERVER_ALIVE_COUNT seconds of
@@ -158,8 +158,8 @@ class Record(object):
 
     def for_stream(self, stream):
         """The record input of the stream's sender (send --with-record)."""
-        size = vpmem_helper.DIGEST_SIZE
-        parts = [vpmem_helper.RECORD_MAGIC, vpmem_helper.STREAM_HDR.pack(
+        size = vpmem_stream.DIGEST_SIZE
+        parts = [vpmem_stream.RECORD_MAGIC, vpmem_stream.STREAM_HDR.pack(
             self.digest.encode(), (self.fast_digest or '').encode(),
             stream.offset, stream.length, self.chunk_size)]
         for pos in range(0, stream.length, self.chunk_size):

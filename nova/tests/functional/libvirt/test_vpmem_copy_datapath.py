@@ -24,6 +24,7 @@ a pinned known_hosts file (host key checking stays on).
 """
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -45,19 +46,26 @@ SSHD = shutil.which('sshd') or '/usr/sbin/sshd'
 HOST = 'vpmem-dest'
 NOVA_ROOT = os.path.dirname(os.path.dirname(nova.__file__))
 
-# Test-only wrapper around the helper, to break a copy the way hardware and
-# networks do. Modes: "truncate" (send exits 0 after half of its stream, as
-# daxio does on short input), "corrupt" (one byte of send's stream flips),
-# "die-send" (send dies of SIGBUS half-way, as on a poisoned PMEM line),
-# "die-receive" (receive is killed half-way through its range). Any other
-# mode or subcommand runs the real helper unchanged.
+# Test-only entry point of the helper (argv: LISTING MODE ARGS...). There is
+# no PMEM here: the regular files of the JSON list LISTING ([[path, size]])
+# are this host's namespaces, in place of ndctl's device-DAX ones. MODE
+# breaks a copy the way hardware and networks do: "truncate" (send exits 0
+# after half of its stream, as daxio does on short input), "corrupt" (one
+# byte of send's stream flips), "die-send" (send dies of SIGBUS half-way, as
+# on a poisoned PMEM line), "die-receive" (receive is killed half-way through
+# its range). Any other mode or subcommand runs the real helper unchanged.
 _WRAPPER = '''
-import os, signal, subprocess, sys
-mode, args = sys.argv[1], sys.argv[2:]
-cmd = [sys.executable, "-m", "nova.cmd.vpmem_copy"] + args
+import json, os, signal, subprocess, sys
+listing, mode, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 broken = "receive" if mode == "die-receive" else "send"
 if mode == "pass" or args[0] != broken:
-    os.execv(sys.executable, cmd)
+    from nova.cmd import vpmem_copy as helper
+    with open(listing) as f:
+        files = {path: {"size": size, "align": 4096}
+                 for path, size in json.load(f)}
+    helper.known_namespaces = lambda: files
+    sys.exit(helper.main(args))
+cmd = [sys.executable, sys.argv[0], listing, "pass"] + args
 if mode in ("truncate", "corrupt"):
     data = bytearray(subprocess.run(cmd, stdout=subprocess.PIPE).stdout)
     if mode == "truncate":
@@ -148,6 +156,13 @@ class SSHServerFixture(fixtures.Fixture):
             pass
         self.sshd.wait()
 
+    def restrict(self, command):
+        """Let the client key run nothing but ``command`` (no shell)."""
+        with open(os.path.join(self.dir, 'client_key.pub')) as f:
+            key = f.read().strip()
+        with open(os.path.join(self.dir, 'authorized_keys'), 'w') as f:
+            f.write('restrict,command="%s" %s\n' % (command, key))
+
     def drop_connections(self):
         """Kill the per-connection sshd children: the link drops."""
         for pid in os.listdir('/proc'):
@@ -168,10 +183,10 @@ class DataPathBase(test.NoDBTestCase):
         super().setUp()
         self.tmp = self.useFixture(fixtures.TempDir()).path
         self.sizes = {}
-        self.env = ['env', 'PYTHONPATH=%s' % NOVA_ROOT,
-                    'NOVA_VPMEM_COPY_NAMESPACES=%s' % os.path.join(
-                        self.tmp, 'namespaces.json')]
-        self.useFixture(fixtures.EnvironmentVariable('SUDO_UID'))
+        self.listing = os.path.join(self.tmp, 'namespaces.json')
+        self.wrapper = os.path.join(self.tmp, 'helper.py')
+        with open(self.wrapper, 'w') as f:
+            f.write(_WRAPPER)
 
     def namespace(self, name, size, zero_ranges=(), content=None):
         """Create a stand-in namespace: random data with zero holes."""
@@ -182,11 +197,8 @@ class DataPathBase(test.NoDBTestCase):
         with open(path, 'wb') as f:
             f.write(data)
         self.sizes[path] = size
-        listing = os.path.join(self.tmp, 'namespaces.json')
-        with open(listing, 'w') as f:
-            f.write(jsonutils.dumps([{'path': p, 'size': s}
-                                     for p, s in self.sizes.items()]))
-        os.chmod(listing, 0o600)
+        with open(self.listing, 'w') as f:
+            f.write(jsonutils.dumps(list(self.sizes.items())))
         return path
 
     def assert_guest_layout(self, host, size=8 * MiB, label=MiB):
@@ -206,7 +218,8 @@ class DataPathBase(test.NoDBTestCase):
             return f.read()
 
     def helper(self, mode='pass'):
-        return self.env + [sys.executable, '-c', _WRAPPER, mode]
+        return ['env', 'PYTHONPATH=%s' % NOVA_ROOT, sys.executable,
+                self.wrapper, self.listing, mode]
 
     def zero(self, devices, host=None):
         return vpmem_copy.zero_namespaces(
@@ -698,3 +711,32 @@ class SSHDataPathTestCase(DataPathBase):
         # No helper is left writing: the zeroing takes the device's lock.
         self.assertEqual([], self.zero(exc.touched, HOST))
         self.assertEqual(bytes(size), self.read(dst))
+
+    def _restricted_ssh(self, *command):
+        return subprocess.run(
+            ['ssh', '-F', self.sshd.config, '-o', 'BatchMode=yes', HOST] +
+            list(command), capture_output=True)
+
+    def test_restricted_key_copies_and_can_do_nothing_else(self):
+        # The copy's own key, as the admin guide sets it up: a forced
+        # command that runs only the helper's receive, zero and check.
+        gate = ' '.join(shlex.quote(a) for a in self.helper()[2:] +
+                        ['ssh-gate'] + self.helper())
+        self.sshd.restrict('env PYTHONPATH=%s %s' % (NOVA_ROOT, gate))
+        size = 2 * MiB
+        src = self.namespace('src', size, [(0, MiB)])
+        dst = self.namespace('dst', size)
+        pair = vpmem_copy.NamespacePair(src, dst, size)
+        self.check([pair], host=HOST)
+        self.copy([pair], host=HOST)
+        self.assertEqual(self.read(src), self.read(dst))
+        self.assertEqual([], self.zero([dst], HOST))
+        self.assertEqual(bytes(size), self.read(dst))
+        # No shell, no other command, no reading a namespace.
+        for command in ((), ('id',), ('cat', src),
+                        tuple(self.helper()) + ('send', '--device', src,
+                                                '--length', str(size))):
+            out = self._restricted_ssh(*command)
+            self.assertEqual(6, out.returncode, (command, out.stderr))
+            self.assertEqual(b'', out.stdout)
+            self.assertIn(b'this key only runs nova-vpmem-copy', out.stderr)

@@ -24,6 +24,7 @@ from oslo_serialization import jsonutils
 
 from nova.cmd import vpmem_copy as helper
 from nova import test
+from nova.virt import vpmem_stream as wire
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
@@ -38,7 +39,6 @@ class HelperTestBase(test.NoDBTestCase):
     def setUp(self):
         super().setUp()
         self.tmp = self.useFixture(fixtures.TempDir()).path
-        self.useFixture(fixtures.EnvironmentVariable('SUDO_UID'))
         self.size = 2 * MiB
         # Source: random, then a zero hole, then random.
         data = bytearray(os.urandom(self.size))
@@ -54,14 +54,11 @@ class HelperTestBase(test.NoDBTestCase):
             f.write(content)
         return path
 
-    def _allow(self, paths, mode=0o600):
-        listing = os.path.join(self.tmp, 'namespaces.json')
-        with open(listing, 'w') as f:
-            f.write(jsonutils.dumps(
-                [{'path': p, 'size': self.size} for p in paths]))
-        os.chmod(listing, mode)
-        self.useFixture(fixtures.EnvironmentVariable(
-            helper.NAMESPACES_ENV, listing))
+    def _allow(self, paths):
+        """Make regular files the host's namespaces (there is no PMEM)."""
+        self.useFixture(fixtures.MockPatchObject(
+            helper, 'known_namespaces', return_value={
+                p: {'size': self.size, 'align': 4096} for p in paths}))
 
     def _read(self, path):
         with open(path, 'rb') as f:
@@ -93,12 +90,12 @@ class HelperTestBase(test.NoDBTestCase):
     def _kinds(self, stream):
         """The record kinds of a stream, in order."""
         kinds = []
-        pos = len(helper.MAGIC) + helper.STREAM_HDR.size
+        pos = len(wire.MAGIC) + wire.STREAM_HDR.size
         while pos < len(stream):
-            kind, _off, length, _digest = helper.RECORD_HDR.unpack_from(
+            kind, _off, length, _digest = wire.RECORD_HDR.unpack_from(
                 stream, pos)
             kinds.append(kind)
-            pos += helper.RECORD_HDR.size + (length if kind == helper.DATA
+            pos += wire.RECORD_HDR.size + (length if kind == wire.DATA
                                              else 0)
         return kinds
 
@@ -106,10 +103,10 @@ class HelperTestBase(test.NoDBTestCase):
                 chunk=CHUNK, fast='xxh3_64'):
         """A record of (digest, fast digest) or None per chunk."""
         length = self.size - offset if length is None else length
-        return (helper.RECORD_MAGIC + helper.STREAM_HDR.pack(
+        return (wire.RECORD_MAGIC + wire.STREAM_HDR.pack(
             digest.encode(), fast.encode(), offset, length, chunk) +
-            b''.join(d[0] + d[1].ljust(helper.DIGEST_SIZE, b'\0') if d
-                     else 2 * helper.NO_DIGEST for d in digests))
+            b''.join(d[0] + d[1].ljust(wire.DIGEST_SIZE, b'\0') if d
+                     else 2 * wire.NO_DIGEST for d in digests))
 
     def _precopy(self):
         """Send and receive a first pass; return the digests it printed."""
@@ -213,21 +210,21 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
     def test_stream_without_end_record_fails(self):
         stream = self._send()
         msg = self._assert_fails(helper.EXIT_TRUNCATED,
-                                 stream[:-helper.RECORD_HDR.size])
+                                 stream[:-wire.RECORD_HDR.size])
         self.assertIn('no END record', msg)
 
     def test_corrupted_byte_fails(self):
         stream = bytearray(self._send())
         # The first record is DATA; flip a byte of its payload.
-        first = len(helper.MAGIC) + helper.STREAM_HDR.size
-        stream[first + helper.RECORD_HDR.size + 1000] ^= 0x01
+        first = len(wire.MAGIC) + wire.STREAM_HDR.size
+        stream[first + wire.RECORD_HDR.size + 1000] ^= 0x01
         msg = self._assert_fails(helper.EXIT_MISMATCH, bytes(stream))
         self.assertIn('does not match', msg)
 
     def test_corruption_is_not_detected_without_digest(self):
         stream = bytearray(self._send(digest='none'))
-        first = len(helper.MAGIC) + helper.STREAM_HDR.size
-        stream[first + helper.RECORD_HDR.size + 1000] ^= 0x01
+        first = len(wire.MAGIC) + wire.STREAM_HDR.size
+        stream[first + wire.RECORD_HDR.size + 1000] ^= 0x01
         self._receive(bytes(stream))
         self.assertNotEqual(self.data, self._read(self.dst))
 
@@ -239,16 +236,16 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
 
     def test_end_record_with_wrong_counts_fails(self):
         stream = self._send()
-        end = helper.RECORD_HDR.pack(helper.END, self.size, 1, b'')
+        end = wire.RECORD_HDR.pack(wire.END, self.size, 1, b'')
         self._assert_fails(helper.EXIT_PROTOCOL,
-                           stream[:-helper.RECORD_HDR.size] + end)
+                           stream[:-wire.RECORD_HDR.size] + end)
 
     def test_not_a_stream_fails(self):
         self._assert_fails(helper.EXIT_PROTOCOL, b'x' * 64)
 
     def test_unknown_digest_fails(self):
         stream = bytearray(self._send())
-        stream[len(helper.MAGIC):len(helper.MAGIC) + 16] = b'md5'.ljust(
+        stream[len(wire.MAGIC):len(wire.MAGIC) + 16] = b'md5'.ljust(
             16, b'\0')
         msg = self._assert_fails(helper.EXIT_PROTOCOL, bytes(stream))
         self.assertIn('not available', msg)
@@ -300,8 +297,8 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         # Chunks that changed are sent, and checked, with the stream's
         # fast digest; the others with the record's.
         stream = self._send(record=self._record(digests), digest='xxh3_64')
-        self.assertEqual([helper.DATA] + [helper.SAME] + [helper.ZERO] * 3 +
-                         [helper.SAME] * 3 + [helper.END],
+        self.assertEqual([wire.DATA] + [wire.SAME] + [wire.ZERO] * 3 +
+                         [wire.SAME] * 3 + [wire.END],
                          self._kinds(stream))
         stats = jsonutils.loads(self._receive(stream).split(' ', 1)[1])
         self.assertEqual(self.data, self._read(self.dst))
@@ -318,14 +315,14 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         digests[0] = (bytes(32), digests[0][1])
         digests[1] = (digests[1][0], bytes(8))
         stream = self._send(record=self._record(digests), digest='xxh3_64')
-        self.assertEqual([helper.DATA] * 2 + [helper.ZERO] * 3 +
-                         [helper.SAME] * 3 + [helper.END],
+        self.assertEqual([wire.DATA] * 2 + [wire.ZERO] * 3 +
+                         [wire.SAME] * 3 + [wire.END],
                          self._kinds(stream))
         # Without a fast digest in the record, the cryptographic one
         # decides alone.
         stream = self._send(record=self._record(digests, fast=''))
-        self.assertEqual([helper.DATA, helper.SAME] + [helper.ZERO] * 3 +
-                         [helper.SAME] * 3 + [helper.END],
+        self.assertEqual([wire.DATA, wire.SAME] + [wire.ZERO] * 3 +
+                         [wire.SAME] * 3 + [wire.END],
                          self._kinds(stream))
 
     def test_stale_record_is_reported_not_trusted(self):
@@ -339,22 +336,22 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
 
     def test_any_doubt_about_the_record_sends_every_chunk(self):
         digests = self._precopy()
-        all_data = [helper.DATA] * 2 + [helper.ZERO] * 3 + [helper.DATA] * 3
+        all_data = [wire.DATA] * 2 + [wire.ZERO] * 3 + [wire.DATA] * 3
         for record in (self._record(digests, chunk=2 * CHUNK),
                        self._record(digests, digest='xxh3_64'),
                        self._record(digests, digest='md5'),
                        self._record(digests, offset=CHUNK),
-                       self._record(digests)[:helper.STREAM_HDR.size], b''):
+                       self._record(digests)[:wire.STREAM_HDR.size], b''):
             stream = self._send(record=record)
-            self.assertEqual(all_data + [helper.END], self._kinds(stream))
+            self.assertEqual(all_data + [wire.END], self._kinds(stream))
 
     def test_a_record_that_ends_early_sends_the_other_chunks(self):
         digests = self._precopy()
         # The entries of the first two chunks and half of the third's.
-        record = self._record(digests)[:-11 * helper.DIGEST_SIZE]
+        record = self._record(digests)[:-11 * wire.DIGEST_SIZE]
         stream = self._send(record=record)
-        self.assertEqual([helper.SAME] * 2 + [helper.ZERO] * 3 +
-                         [helper.DATA] * 3 + [helper.END],
+        self.assertEqual([wire.SAME] * 2 + [wire.ZERO] * 3 +
+                         [wire.DATA] * 3 + [wire.END],
                          self._kinds(stream))
         self._receive(stream)
         self.assertEqual(self.data, self._read(self.dst))
@@ -363,26 +360,26 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         # A record header for a range of a petabyte in 4 KiB chunks: its
         # entries would take 16 TiB, but only the header is read up front.
         length = 2 ** 50
-        header = self._record([], length=length, chunk=helper.MIN_CHUNK)
-        entry = os.urandom(2 * helper.DIGEST_SIZE)
+        header = self._record([], length=length, chunk=wire.MIN_CHUNK)
+        entry = os.urandom(2 * wire.DIGEST_SIZE)
         read_fd, write_fd = os.pipe()
         self.addCleanup(os.close, read_fd)
         with os.fdopen(write_fd, 'wb') as w:
             w.write(header + entry)
-        record = helper._read_record(read_fd, 0, length, helper.MIN_CHUNK)
+        record = helper._read_record(read_fd, 0, length, wire.MIN_CHUNK)
         self.assertEqual('blake2b', record.digest)
-        self.assertEqual((entry[:helper.DIGEST_SIZE],
-                          entry[helper.DIGEST_SIZE:]), record.next_chunk())
+        self.assertEqual((entry[:wire.DIGEST_SIZE],
+                          entry[wire.DIGEST_SIZE:]), record.next_chunk())
         self.assertIsNone(record.next_chunk())
         self.assertTrue(record.truncated)
 
     def test_chunks_smaller_than_a_page_are_refused(self):
         stream = bytearray(self._send())
         # The chunk size is the last field of the stream header.
-        struct.pack_into('<I', stream, len(helper.MAGIC) +
-                         helper.STREAM_HDR.size - 4, helper.MIN_CHUNK - 1)
+        struct.pack_into('<I', stream, len(wire.MAGIC) +
+                         wire.STREAM_HDR.size - 4, wire.MIN_CHUNK - 1)
         msg = self._assert_fails(helper.EXIT_PROTOCOL, bytes(stream))
-        self.assertIn('bad chunk size %d' % (helper.MIN_CHUNK - 1), msg)
+        self.assertIn('bad chunk size %d' % (wire.MIN_CHUNK - 1), msg)
         stderr = self.useFixture(fixtures.StringStream('stderr')).stream
         self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
         self.assertEqual(helper.EXIT_USAGE, helper.main(
@@ -394,10 +391,10 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
     def test_same_records_need_a_cryptographic_digest(self):
         # A forged SAME record in a stream without a record's digest.
         stream = bytearray(self._send(digest='xxh3_64'))
-        first = len(helper.MAGIC) + helper.STREAM_HDR.size
-        stream[first] = helper.SAME
-        stream[first + helper.RECORD_HDR.size:
-               first + helper.RECORD_HDR.size + CHUNK] = b''
+        first = len(wire.MAGIC) + wire.STREAM_HDR.size
+        stream[first] = wire.SAME
+        stream[first + wire.RECORD_HDR.size:
+               first + wire.RECORD_HDR.size + CHUNK] = b''
         msg = self._assert_fails(helper.EXIT_PROTOCOL, bytes(stream))
         self.assertIn('SAME record in a stream without a cryptographic '
                       'digest', msg)
@@ -413,8 +410,8 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         with mock.patch.object(helper.time, 'monotonic',
                                side_effect=clock):
             stream = self._send(live=True, stop_after=5)
-        self.assertEqual([helper.DATA, helper.DATA, helper.ZERO,
-                          helper.END], self._kinds(stream))
+        self.assertEqual([wire.DATA, wire.DATA, wire.ZERO,
+                          wire.END], self._kinds(stream))
         self._assert_fails(helper.EXIT_PROTOCOL, stream)
         stats = jsonutils.loads(self._receive(
             stream, precopy=True).splitlines()[-1].split(' ', 1)[1])
@@ -453,7 +450,7 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
     def test_check_reports_protocol_and_digests(self):
         out = io.StringIO()
         helper.check([self.src, self.dst], [self.size, MiB], out=out)
-        self.assertEqual({'protocol': helper.PROTOCOL,
+        self.assertEqual({'protocol': wire.PROTOCOL,
                           'digests': helper.available_digests()},
                          jsonutils.loads(out.getvalue()))
 
@@ -477,70 +474,6 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         exc = self.assertRaises(helper.HelperError, helper.send, self.src,
                                 CHUNK, self.size, CHUNK, 'none', 0)
         self.assertEqual(helper.EXIT_USAGE, exc.code)
-
-    def test_override_file_must_not_be_writable_by_others(self):
-        self._allow([self.dst], mode=0o666)
-        exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
-
-    def test_override_file_is_ignored_under_sudo(self):
-        self.useFixture(fixtures.EnvironmentVariable('SUDO_UID', '1000'))
-        exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
-        self.assertIn('sudo', str(exc))
-
-    def _nova_conf(self, *texts):
-        paths = []
-        for i, text in enumerate(texts):
-            paths.append(self._file('nova%d.conf' % i, text.encode()))
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.cmd.vpmem_copy.NOVA_CONFIG_FILES', tuple(paths)))
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.cmd.vpmem_copy.NOVA_CONFIG_DIR',
-            os.path.join(self.tmp, 'nova.conf.d')))
-
-    def test_nova_namespace_names_from_nova_conf(self):
-        self._nova_conf('[libvirt]\npmem_namespaces = 4GB:ns0,X:ns9\n',
-                        '[DEFAULT]\ndebug = true\n[libvirt]\n'
-                        'pmem_namespaces = 128G:ns0|ns1,SMALL:ns3\n')
-        self.assertEqual({'ns0', 'ns1', 'ns3'},
-                         helper._nova_namespace_names())
-
-    def test_no_pmem_namespaces_in_nova_conf_allows_nothing(self):
-        self._nova_conf('[libvirt]\nvirt_type = kvm\n')
-        exc = self.assertRaises(helper.HelperError,
-                                helper._nova_namespace_names)
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
-
-    @mock.patch('shutil.which', return_value='/usr/bin/ndctl')
-    @mock.patch('subprocess.run')
-    def test_namespaces_from_ndctl(self, mock_run, mock_which):
-        self.useFixture(fixtures.EnvironmentVariable(helper.NAMESPACES_ENV))
-        # ns3 is a device-DAX namespace that nova does not give to guests.
-        self._nova_conf('[libvirt]\npmem_namespaces = A:ns0|ns1\n')
-        mock_run.return_value = mock.Mock(returncode=0, stdout=jsonutils.
-            dumps([
-                {'dev': 'namespace0.0', 'mode': 'devdax', 'size': 4225761280,
-                 'daxregion': {'id': 0, 'size': 4225761280, 'align': 2097152,
-                               'devices': [{'chardev': 'dax0.0',
-                                            'size': 4225761280}]},
-                 'name': 'ns0'},
-                # Older ndctl: chardev and align at the top level.
-                {'dev': 'namespace1.0', 'mode': 'devdax', 'size': 1073741824,
-                 'chardev': 'dax1.0', 'align': 1073741824, 'name': 'ns1'},
-                {'dev': 'namespace2.0', 'mode': 'fsdax', 'size': 1},
-                {'dev': 'namespace3.0', 'mode': 'devdax', 'size': 1073741824,
-                 'chardev': 'dax3.0', 'align': 2097152, 'name': 'ns3'},
-            ]).encode())
-        self.assertEqual(
-            {'/dev/dax0.0': {'size': 4225761280, 'align': 2097152},
-             '/dev/dax1.0': {'size': 1073741824, 'align': 1073741824}},
-            helper.known_namespaces())
-        # Found in fixed directories only, and run with a fixed PATH.
-        mock_which.assert_called_once_with('ndctl', path=helper.SAFE_PATH)
-        mock_run.assert_called_once_with(
-            ['/usr/bin/ndctl', 'list', '-X'], check=True,
-            capture_output=True, timeout=60, env={'PATH': helper.SAFE_PATH})
 
     def test_device_dax_is_persisted_with_libpmem(self):
         persist = mock.Mock()
@@ -571,3 +504,187 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         stderr.seek(0)
         self.assertIn('not a vPMEM namespace', stderr.read())
         self.assertEqual(helper.SAFE_PATH, os.environ['PATH'])
+
+
+class AllowListTestCase(test.NoDBTestCase):
+    """Which namespaces the helper may touch: ndctl's, named by nova."""
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        # The files of this test are the test user's, not root's.
+        self.useFixture(fixtures.MockPatchObject(helper, 'CONFIG_OWNER',
+                                                 os.geteuid()))
+
+    def _conf_file(self, name, text):
+        path = os.path.join(self.tmp, name)
+        with open(path, 'w') as f:
+            f.write(text)
+        os.chmod(path, 0o640)
+        return path
+
+    def _nova_conf(self, *texts):
+        paths = [self._conf_file('nova%d.conf' % i, text)
+                 for i, text in enumerate(texts)]
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.cmd.vpmem_copy.NOVA_CONFIG_FILES', tuple(paths)))
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.cmd.vpmem_copy.NOVA_CONFIG_DIR',
+            os.path.join(self.tmp, 'nova.conf.d')))
+        return paths
+
+    def test_config_of_the_command_line_replaces_the_defaults(self):
+        # devstack's nova-compute reads /etc/nova/nova-cpu.conf.
+        self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
+        cpu_conf = self._conf_file(
+            'nova-cpu.conf', '[libvirt]\npmem_namespaces = A:ns1\n')
+        os.mkdir(os.path.join(self.tmp, 'conf.d'))
+        self._conf_file('conf.d/10-pmem.conf',
+                        '[libvirt]\npmem_namespaces = A:ns1|ns2\n')
+        self.assertEqual({'ns1'},
+                         helper._nova_namespace_names(files=[cpu_conf]))
+        self.assertEqual({'ns1', 'ns2'}, helper._nova_namespace_names(
+            files=[cpu_conf], directories=[os.path.join(self.tmp, 'conf.d')]))
+
+    def test_main_reads_the_config_it_is_given(self):
+        self.useFixture(fixtures.MockPatchObject(
+            helper, '_config', {'files': (), 'directories': ()}))
+        with mock.patch.object(helper, '_nova_namespace_names',
+                               side_effect=helper.HelperError(
+                                   helper.EXIT_DENIED, 'no')) as names:
+            self.assertEqual(helper.EXIT_DENIED, helper.main(
+                ['--config-file', '/etc/nova/nova-cpu.conf', '--config-dir',
+                 '/etc/nova/d', 'zero', '--device', '/dev/dax0.0']))
+        names.assert_called_once_with(files=['/etc/nova/nova-cpu.conf'],
+                                      directories=['/etc/nova/d'])
+
+    def test_config_that_another_user_may_write_is_refused(self):
+        path, = self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
+        for mode in (0o660, 0o646):
+            os.chmod(path, mode)
+            exc = self.assertRaises(helper.HelperError,
+                                    helper._nova_namespace_names)
+            self.assertEqual(helper.EXIT_DENIED, exc.code)
+            self.assertIn('%s must be owned by uid' % path, str(exc))
+
+    def test_config_of_another_owner_is_refused(self):
+        self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
+        self.useFixture(fixtures.MockPatchObject(helper, 'CONFIG_OWNER',
+                                                 os.geteuid() + 1))
+        exc = self.assertRaises(helper.HelperError,
+                                helper._nova_namespace_names)
+        self.assertEqual(helper.EXIT_DENIED, exc.code)
+
+    def test_missing_config_file_that_was_named_is_an_error(self):
+        self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
+        exc = self.assertRaises(
+            helper.HelperError, helper._nova_namespace_names,
+            files=[os.path.join(self.tmp, 'missing.conf')])
+        self.assertEqual(helper.EXIT_USAGE, exc.code)
+        # The defaults need not all exist.
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.cmd.vpmem_copy.NOVA_CONFIG_FILES',
+            helper.NOVA_CONFIG_FILES + ('/nonexistent/nova.conf',)))
+        self.assertEqual({'ns0'}, helper._nova_namespace_names())
+
+    def test_nova_namespace_names_from_nova_conf(self):
+        self._nova_conf('[libvirt]\npmem_namespaces = 4GB:ns0,X:ns9\n',
+                        '[DEFAULT]\ndebug = true\n[libvirt]\n'
+                        'pmem_namespaces = 128G:ns0|ns1,SMALL:ns3\n')
+        self.assertEqual({'ns0', 'ns1', 'ns3'},
+                         helper._nova_namespace_names())
+
+    def test_no_pmem_namespaces_in_nova_conf_allows_nothing(self):
+        self._nova_conf('[libvirt]\nvirt_type = kvm\n')
+        exc = self.assertRaises(helper.HelperError,
+                                helper._nova_namespace_names)
+        self.assertEqual(helper.EXIT_DENIED, exc.code)
+
+    @mock.patch('shutil.which', return_value='/usr/bin/ndctl')
+    @mock.patch('subprocess.run')
+    def test_namespaces_from_ndctl(self, mock_run, mock_which):
+        # ns3 is a device-DAX namespace that nova does not give to guests.
+        self._nova_conf('[libvirt]\npmem_namespaces = A:ns0|ns1\n')
+        mock_run.return_value = mock.Mock(returncode=0, stdout=jsonutils.
+            dumps([
+                {'dev': 'namespace0.0', 'mode': 'devdax', 'size': 4225761280,
+                 'daxregion': {'id': 0, 'size': 4225761280, 'align': 2097152,
+                               'devices': [{'chardev': 'dax0.0',
+                                            'size': 4225761280}]},
+                 'name': 'ns0'},
+                # Older ndctl: chardev and align at the top level.
+                {'dev': 'namespace1.0', 'mode': 'devdax', 'size': 1073741824,
+                 'chardev': 'dax1.0', 'align': 1073741824, 'name': 'ns1'},
+                {'dev': 'namespace2.0', 'mode': 'fsdax', 'size': 1},
+                {'dev': 'namespace3.0', 'mode': 'devdax', 'size': 1073741824,
+                 'chardev': 'dax3.0', 'align': 2097152, 'name': 'ns3'},
+            ]).encode())
+        self.assertEqual(
+            {'/dev/dax0.0': {'size': 4225761280, 'align': 2097152},
+             '/dev/dax1.0': {'size': 1073741824, 'align': 1073741824}},
+            helper.known_namespaces())
+        # Found in fixed directories only, and run with a fixed PATH.
+        mock_which.assert_called_once_with('ndctl', path=helper.SAFE_PATH)
+        mock_run.assert_called_once_with(
+            ['/usr/bin/ndctl', 'list', '-X'], check=True,
+            capture_output=True, timeout=60, env={'PATH': helper.SAFE_PATH})
+
+
+class SSHGateTestCase(test.NoDBTestCase):
+    """What the copy's restricted ssh key may run on the other host."""
+
+    RUNNER = ['sudo', '-n', '/usr/bin/nova-vpmem-copy']
+
+    def _gate(self, command):
+        return helper.gate_argv(command, self.RUNNER)
+
+    def test_receive_zero_and_check_run_with_the_gates_runner(self):
+        for args in (['receive', '--device', '/dev/dax1.0', '--offset', '0',
+                      '--length', '4096', '--source-offset', '0'],
+                     ['receive', '--device', '/dev/dax1.0', '--length', '1',
+                      '--precopy'],
+                     ['zero', '--device', '/dev/dax1.0'],
+                     ['check', '--device', '/dev/dax1.0', '--length', '1'],
+                     ['--config-file', '/etc/nova/nova-cpu.conf', 'zero',
+                      '--device', '/dev/dax1.0']):
+            # The client's own root helper and helper path are replaced.
+            command = 'sudo -n /tmp/evil/nova-vpmem-copy ' + ' '.join(args)
+            self.assertEqual(self.RUNNER + args, self._gate(command))
+
+    def test_everything_else_is_refused(self):
+        for command in (None, '', 'bash -i', 'cat /dev/dax1.0',
+                        'nova-vpmem-copy send --device /dev/dax1.0 '
+                        '--length 1',
+                        'nova-vpmem-copy send --live --device /dev/dax1.0 '
+                        '--length 1',
+                        'nova-vpmem-copy check --allow-in-use --device '
+                        '/dev/dax1.0 --length 1',
+                        'nova-vpmem-copy ssh-gate sudo -n bash'):
+            exc = self.assertRaises(helper.HelperError, self._gate, command)
+            self.assertEqual(helper.EXIT_DENIED, exc.code, command)
+            self.assertIn('this key only runs nova-vpmem-copy '
+                          'receive/zero/check', str(exc))
+
+    def test_arguments_are_checked_before_anything_runs(self):
+        for command in ('nova-vpmem-copy zero --device /dev/dax1.0; reboot',
+                        'nova-vpmem-copy receive --device /dev/dax1.0',
+                        'nova-vpmem-copy zero --device /dev/dax1.0 --live'):
+            exc = self.assertRaises(helper.HelperError, self._gate, command)
+            self.assertEqual(helper.EXIT_USAGE, exc.code, command)
+
+    @mock.patch('os.execvp')
+    def test_main_runs_the_request_in_place_of_the_gate(self, mock_exec):
+        self.useFixture(fixtures.EnvironmentVariable(
+            'SSH_ORIGINAL_COMMAND', 'x zero --device /dev/dax1.0'))
+        helper.main(['ssh-gate'] + self.RUNNER)
+        mock_exec.assert_called_once_with(
+            'sudo', self.RUNNER + ['zero', '--device', '/dev/dax1.0'])
+
+    @mock.patch('os.execvp')
+    def test_main_refuses_without_running_anything(self, mock_exec):
+        self.useFixture(fixtures.EnvironmentVariable(
+            'SSH_ORIGINAL_COMMAND', 'bash'))
+        self.assertEqual(helper.EXIT_DENIED,
+                         helper.main(['ssh-gate'] + self.RUNNER))
+        self.assertEqual(helper.EXIT_USAGE, helper.main(['ssh-gate']))
+        mock_exec.assert_not_called()
