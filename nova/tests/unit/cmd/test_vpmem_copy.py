@@ -266,13 +266,14 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         self.assertEqual(before[3 * CHUNK:], after[3 * CHUNK:])
 
     def test_unknown_device_is_refused(self):
-        other = self._file('other', bytes(self.size))
+        content = os.urandom(self.size)
+        other = self._file('other', content)
         for call in (lambda: helper.zero(other),
                      lambda: helper.send(other, 0, CHUNK, CHUNK, 'none', 0),
                      lambda: helper.receive(other, 0, CHUNK)):
             exc = self.assertRaises(helper.HelperError, call)
             self.assertEqual(helper.EXIT_DENIED, exc.code)
-        self.assertEqual(bytes(self.size), self._read(other))
+        self.assertEqual(content, self._read(other))
 
     def test_symlink_to_known_device_is_refused(self):
         link = os.path.join(self.tmp, 'link')
