@@ -64,24 +64,36 @@ time.sleep(60)
 
 
 class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
+
+    def _start(self, argv, ready=None, **kwargs):
+        """Start a process that the test's cleanup kills.
+
+        :param ready: the line the process prints once it holds the device
+        """
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE if ready else None, **kwargs)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        if ready:
+            self.addCleanup(proc.stdout.close)
+            self.assertEqual(ready, proc.stdout.readline())
+        return proc
+
+    def _hold_open(self, path, argv=('sleep', '60')):
+        """A process that keeps path open on its stdin."""
+        with open(path, 'rb') as f:
+            return self._start(list(argv), stdin=f)
+
     def test_device_in_use_is_refused(self):
-        with open(self.dst, 'rb') as f:
-            user = subprocess.Popen(['sleep', '60'], stdin=f)
-        self.addCleanup(user.wait)
-        self.addCleanup(user.kill)
+        user = self._hold_open(self.dst)
         exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
         self.assertEqual(helper.EXIT_DENIED, exc.code)
         self.assertIn('in use by process %d' % user.pid, str(exc))
 
     def _map_and_close(self, path):
         """A process that maps path and closes its descriptor, as QEMU may."""
-        user = subprocess.Popen([sys.executable, '-c', _MAP_AND_CLOSE, path],
-                                stdout=subprocess.PIPE)
-        self.addCleanup(user.wait)
-        self.addCleanup(user.kill)
-        self.addCleanup(user.stdout.close)
-        self.assertEqual(b'mapped\n', user.stdout.readline())
-        return user
+        return self._start([sys.executable, '-c', _MAP_AND_CLOSE, path],
+                           ready=b'mapped\n')
 
     def test_device_mapped_by_another_process_is_refused(self):
         # QEMU maps the namespace of a running guest; it need not keep a
@@ -112,15 +124,9 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
             range, as a receiver does; ('nova',) to lock all of dst, as
             nova's daxio zeroing does
         """
-        proc = subprocess.Popen(
-            [sys.executable, '-c', _LOCKER, self.dst,
-             str(ignore_term)] + [str(a) for a in args],
-            stdout=subprocess.PIPE)
-        self.addCleanup(proc.wait)
-        self.addCleanup(proc.kill)
-        self.addCleanup(proc.stdout.close)
-        self.assertEqual(b'ready\n', proc.stdout.readline())
-        return proc
+        return self._start([sys.executable, '-c', _LOCKER, self.dst,
+                            str(ignore_term)] + [str(a) for a in args],
+                           ready=b'ready\n')
 
     def _fake_helper(self, ignore_term=False):
         return self._locker('helper', 0, self.size, ignore_term=ignore_term)
@@ -181,21 +187,15 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
     def test_a_process_named_like_a_helper_is_still_a_user(self):
         # A guest's kernel command line is in its QEMU's argv.
         self.useFixture(fixtures.MockPatchObject(helper, 'MARK_TRIES', 2))
-        with open(self.dst, 'rb') as f:
-            user = subprocess.Popen(
-                [sys.executable, '-c', 'import time; time.sleep(60)',
-                 'nova-vpmem-copy', 'receive'], stdin=f)
-        self.addCleanup(user.wait)
-        self.addCleanup(user.kill)
+        user = self._hold_open(
+            self.dst, (sys.executable, '-c', 'import time; time.sleep(60)',
+                       'nova-vpmem-copy', 'receive'))
         exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
         self.assertIn('in use by process %d' % user.pid, str(exc))
         self.assertIsNone(user.poll())
 
     def test_check_refuses_busy_namespaces(self):
-        with open(self.dst, 'rb') as f:
-            user = subprocess.Popen(['sleep', '60'], stdin=f)
-        self.addCleanup(user.wait)
-        self.addCleanup(user.kill)
+        user = self._hold_open(self.dst)
         exc = self.assertRaises(helper.HelperError, helper.check,
                                 [self.dst], [1])
         self.assertIn('in use', str(exc))
