@@ -89,7 +89,9 @@ ROOT = os.environ.get('NOVA_TREE') or os.path.join(
 sys.path.insert(0, ROOT)
 FAKE_DAXIO = os.path.join(os.path.dirname(HERE), 'e2e', 'bin', 'daxio')
 # The helper with regular files as namespaces (a stand-in entry point).
-ON_FILES = os.path.join(HERE, 'vpmem_copy_on_files.py')
+# Its name says nova-vpmem-copy: the helpers of older revisions (the A/B
+# mode) tell each other from other users of a device by the command line.
+ON_FILES = os.path.join(HERE, 'nova-vpmem-copy-on-files')
 MiB = 1024 * 1024
 HOST = 'bench-dest'
 CIPHER = 'aes128-gcm@openssh.com'

@@ -150,7 +150,7 @@ class ComputeHost(hosts.Host):
         base.say('%s: namespaces, /dev and private directories' % self.name)
         self._mount_pmem_storage()
         self._create_mount_namespace()
-        self.create_network(self.region)
+        self.create_network()
         self._mount('-t', 'tmpfs', '-o', 'mode=0755', 'run', '/run')
         self._write_libvirt_config()
         for path in PRIVATE_DIRS:

@@ -59,7 +59,7 @@ class Host(object):
     def _in_ns(self, *argv):
         return ('ip', 'netns', 'exec', self.netns) + argv
 
-    def create_network(self, index):
+    def create_network(self):
         peer = self.veth[:-1] + 'p'
         run('ip', 'netns', 'add', self.netns)
         run('ip', 'link', 'add', self.veth, 'type', 'veth', 'peer', 'name',
