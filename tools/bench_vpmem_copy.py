@@ -38,7 +38,10 @@ engine and helper (copier, dst dirty, verified), in a rotated order, on
 every data set; each engine runs in its own process, imported before
 anything is timed. The report gives each checkout's MB/s, CPU-s/GB and
 ratio to ssh-cat, its ratio to the first checkout, and every round's
-figures, so a change can show what it costs.
+figures, so a change can show what it costs. Engines and helpers that act
+for an instance on namespace names and older ones that take device paths
+run side by side: the stand-in helper (tools/nova-vpmem-copy-on-files)
+gives either its files.
 
 With --downtime it measures instead what a cold migration's guest sees: the
 fixed cost of a copy (where it goes: ssh, helper start, the copy of a tiny
@@ -68,6 +71,7 @@ Results are written to --out (JSON and, if matplotlib imports, a PNG).
 """
 
 import argparse
+import inspect
 import json
 import os
 import random
@@ -95,6 +99,9 @@ ON_FILES = os.path.join(HERE, 'nova-vpmem-copy-on-files')
 MiB = 1024 * 1024
 HOST = 'bench-dest'
 CIPHER = 'aes128-gcm@openssh.com'
+# The instance whose namespaces every copy moves: the stand-in helper's
+# listing gives it every file, the destinations for its move (see allow()).
+INSTANCE = '5e4c7a3b-2d1f-4e0a-9b8c-7d6e5f4a3b2c'
 
 
 def run(cmd, **kwargs):
@@ -231,6 +238,25 @@ def cpu_now(sshd):
             sshd.cpu())
 
 
+def namespace_name(path):
+    """The name of the stand-in namespace in file path (see allow())."""
+    return os.path.basename(path)
+
+
+def engine_call(vpmem_copy, src, dst, size):
+    """The pair and the keywords of an engine's copy of src to dst.
+
+    An engine bound to an instance takes namespace names and the instance;
+    older ones (the A/B mode's older revisions) take device paths.
+    """
+    if 'instance' in inspect.signature(
+            vpmem_copy.copy_namespaces).parameters:
+        return (vpmem_copy.NamespacePair(namespace_name(src),
+                                         namespace_name(dst), size),
+                {'instance': INSTANCE})
+    return vpmem_copy.NamespacePair(src, dst, size), {}
+
+
 def pipeline(left, right):
     """Run left | right (argv lists, no shell); fail on any non-zero exit."""
     a = subprocess.Popen(left, stdout=subprocess.PIPE)
@@ -259,12 +285,18 @@ class Bench(object):
         self.helper = ['env', 'PYTHONPATH=' + pythonpath, sys.executable,
                        ON_FILES, self.listing]
 
-    def allow(self, path, size):
-        self.known[path] = size
+    def allow(self, path, size, dest=False):
+        """List a file as a namespace of the stand-in helper.
+
+        Each one is INSTANCE's, and a destination (dest) is given to it
+        for its move, as nova-compute records them in its owners file.
+        """
+        self.known[path] = (size, dest)
         with open(self.listing, 'w') as f:
             # A standalone tool: the standard library's json is enough.
-            json.dump([{'path': p, 'size': s}  # noqa: N324
-                       for p, s in self.known.items()], f)
+            json.dump([{'name': namespace_name(p), 'path': p,  # noqa: N324
+                        'size': s, 'owner': INSTANCE, 'incoming': d}
+                       for p, (s, d) in self.known.items()], f)
         os.chmod(self.listing, 0o600)
 
     def naive(self, src, dst, size):
@@ -293,12 +325,13 @@ class Bench(object):
     def copier(self, src, dst, size, verify=True, streams=None,
                record=None, digest=None, prepared=None):
         from nova.virt.libvirt import vpmem_copy
+        pair, kwargs = engine_call(vpmem_copy, src, dst, size)
         return vpmem_copy.copy_namespaces(
-            [vpmem_copy.NamespacePair(src, dst, size)], host=HOST,
+            [pair], host=HOST,
             streams=streams or self.args.streams, verify=verify,
             cipher=CIPHER, helper=self.helper, root_helper=(),
             ssh_args=self.sshd.ssh_args, record=record, digest=digest,
-            prepared=prepared)
+            prepared=prepared, **kwargs)
 
     def prepare(self, src, dst, size, streams=None):
         """Start the receivers ahead, as the driver does before power-off.
@@ -307,27 +340,31 @@ class Bench(object):
         guest is powered off.
         """
         from nova.virt.libvirt import vpmem_copy
+        pair, kwargs = engine_call(vpmem_copy, src, dst, size)
         prepared = vpmem_copy.prepare_copy(
-            [vpmem_copy.NamespacePair(src, dst, size)], host=HOST,
+            [pair], host=HOST,
             streams=streams or self.args.streams, cipher=CIPHER,
-            helper=self.helper, root_helper=(), ssh_args=self.sshd.ssh_args)
+            helper=self.helper, root_helper=(), ssh_args=self.sshd.ssh_args,
+            **kwargs)
         time.sleep(1)
         return prepared
 
     def precopy(self, src, dst, size, digest):
         from nova.virt.libvirt import vpmem_copy
+        pair, kwargs = engine_call(vpmem_copy, src, dst, size)
         return vpmem_copy.precopy_namespaces(
-            [vpmem_copy.NamespacePair(src, dst, size)], digest, host=HOST,
+            [pair], digest, host=HOST,
             streams=self.args.streams, cipher=CIPHER, helper=self.helper,
-            root_helper=(), ssh_args=self.sshd.ssh_args)
+            root_helper=(), ssh_args=self.sshd.ssh_args, **kwargs)
 
     def crypto_digest(self, src, dst, size):
         """The digest of a pre-copy's record, as the driver's check says."""
         from nova.virt.libvirt import vpmem_copy
+        pair, kwargs = engine_call(vpmem_copy, src, dst, size)
         return vpmem_copy.check_namespaces(
-            [vpmem_copy.NamespacePair(src, dst, size)], host=HOST,
+            [pair], host=HOST,
             cipher=CIPHER, helper=self.helper, root_helper=(),
-            ssh_args=self.sshd.ssh_args, precopy=True)[1]
+            ssh_args=self.sshd.ssh_args, precopy=True, **kwargs)[1]
 
     def timed(self, func, *args, **kwargs):
         """Run func; return (its result, seconds, CPU seconds)."""
@@ -439,7 +476,7 @@ def run_all(args, bench, workdir):
     size = args.size_mib * MiB
     dst = os.path.join(workdir, 'dst')
     make_source(dst, size, 0, 0)
-    bench.allow(dst, size)
+    bench.allow(dst, size, dest=True)
     datasets = {}
     for frac in [int(f) / 100 for f in args.zero_percent.split(',')]:
         path = os.path.join(workdir, 'src-%d' % int(frac * 100))
@@ -479,7 +516,7 @@ def run_all(args, bench, workdir):
         src = os.path.join(workdir, 'lsrc')
         make_source(src, n, 0, 7)
         bench.allow(src, n)
-        bench.allow(dst, n)
+        bench.allow(dst, n, dest=True)
         # Random data overwrites every chunk: a zeroed destination is as
         # good as a dirty one here and saves the memory of a dirt file.
         runs = [bench.measure(bench.copier, src, dst, n, False)
@@ -598,7 +635,7 @@ def fixed_cost(bench, workdir, rounds):
     make_source(src, tiny, 0, 1)
     make_source(dst, tiny, 0, 2)
     bench.allow(src, tiny)
-    bench.allow(dst, tiny)
+    bench.allow(dst, tiny, dest=True)
     ssh = ['ssh', '-T', '-o', 'BatchMode=yes', '-c', CIPHER] + \
         bench.sshd.ssh_args + ['--', HOST]
     remote_help = ' '.join(shlex.quote(a) for a in bench.helper) + ' --help'
@@ -643,7 +680,7 @@ def run_downtime(args, bench, workdir):
     fixed = fixed_cost(bench, workdir, args.rounds)
     src, dst = (os.path.join(workdir, n) for n in ('src', 'dst'))
     bench.allow(src, size)
-    bench.allow(dst, size)
+    bench.allow(dst, size, dest=True)
     digest = None
     samples = {}
     for zero in [int(z) for z in args.zero_percent.split(',')]:
@@ -815,12 +852,12 @@ def engine_worker(tree):
         req = json.loads(line)  # noqa: N324
         cpu0 = cpu_self()
         try:
+            pair, kwargs = engine_call(vpmem_copy, req['src'], req['dst'],
+                                       req['size'])
             out = vpmem_copy.copy_namespaces(
-                [vpmem_copy.NamespacePair(req['src'], req['dst'],
-                                          req['size'])],
-                host=HOST, streams=req['streams'], verify=True,
+                [pair], host=HOST, streams=req['streams'], verify=True,
                 cipher=CIPHER, helper=req['helper'], root_helper=(),
-                ssh_args=req['ssh_args'])
+                ssh_args=req['ssh_args'], **kwargs)
             reply = {'cpu': cpu_self() - cpu0, 'digest': out[0]['digest']}
         except Exception as exc:
             reply = {'error': '%s: %s' % (type(exc).__name__, exc)}
@@ -852,7 +889,7 @@ def run_ab(args, bench, workdir):
 def _run_ab(args, bench, workdir, size, engines):
     dst = os.path.join(workdir, 'dst')
     make_source(dst, size, 0, 0)
-    bench.allow(dst, size)
+    bench.allow(dst, size, dest=True)
     datasets = {}
     for zero in [int(z) for z in args.zero_percent.split(',')]:
         path = os.path.join(workdir, 'src-%d' % zero)

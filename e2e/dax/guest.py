@@ -95,9 +95,13 @@ while [ -e /sys/bus/nd/devices/region$region ]; do
     esac
     region=$((region + 1))
 done
-mkdir -p /newroot/etc/nova
-printf '[libvirt]\npmem_namespaces = %s\n' "$conf" \
+# state_path and host: where nova-compute keeps this host's owners file of
+# the namespaces (the tests write it), which the helper reads.
+mkdir -p /newroot/etc/nova /newroot/var/lib/nova
+printf '[DEFAULT]\nstate_path = /var/lib/nova\nhost = dax-guest\n\n' \
     > /newroot/etc/nova/nova.conf
+printf '[libvirt]\npmem_namespaces = %s\n' "$conf" \
+    >> /newroot/etc/nova/nova.conf
 ls /newroot/dev | grep '^dax' | sed 's/^/dax-guest: device /'
 say "running $run"
 in_root sh "$run"

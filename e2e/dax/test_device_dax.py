@@ -16,9 +16,15 @@ These tests run as root INSIDE the QEMU guest of ``e2e.dax.guest`` (see
 ``tools/run-dax-tests``), where the emulated NVDIMMs are real
 ``/dev/daxN.M`` character devices, listed by the real ``ndctl list -X`` and
 named in the guest's ``/etc/nova/nova.conf``: the helper's own allow-list,
-as on a real host.
+as on a real host. Each test writes the host's owners file where
+nova-compute keeps it (``[DEFAULT] state_path`` and ``host`` of that
+nova.conf), with nova-compute's own code: the source namespace ``ns_small``
+is the test instance's, and ``ns_large`` was given to it for its move here.
+The helper acts for that instance only, on namespace names.
 """
 
+import collections
+import configparser
 import contextlib
 import json
 import mmap
@@ -34,24 +40,47 @@ import unittest
 from nova.cmd import vpmem_copy as helper
 from nova import exception
 from nova.virt.libvirt import vpmem_copy
+from nova.virt.libvirt import vpmem_owners
 
 MIB = 1024 * 1024
 LABEL = 2 * MIB
 HELPER = [sys.executable, '-m', 'nova.cmd.vpmem_copy']
 VENV_HELPER = os.path.join(os.path.dirname(sys.executable),
                            'nova-vpmem-copy')
+NOVA_CONF = '/etc/nova/nova.conf'
+# The instance every copy of these tests acts for, and another one.
+INSTANCE = 'a6c3e2b4-6d0f-4b8e-9c51-3f7d2e8a1b90'
+OTHER = '0f9e8d7c-6b5a-4c3d-8e2f-1a0b9c8d7e6f'
+Namespace = collections.namedtuple('Namespace', 'name path size align')
 
 
 def ndctl_namespaces():
-    """{name: (devpath, size, align)} from the real ndctl."""
+    """{name: Namespace} from the real ndctl."""
     out = subprocess.run(['ndctl', 'list', '-X'], check=True,
                          capture_output=True).stdout
     result = {}
     for ns in json.loads(out):
         dev = ns['daxregion']['devices'][0]
-        result[ns['name']] = ('/dev/' + dev['chardev'], int(ns['size']),
-                              int(dev['align']))
+        result[ns['name']] = Namespace(ns['name'], '/dev/' + dev['chardev'],
+                                       int(ns['size']), int(dev['align']))
     return result
+
+
+def write_owners(owners, incoming=()):
+    """Write this host's owners file as nova-compute does.
+
+    :param owners: {namespace name: instance UUID}, the whole record
+    :param incoming: the names given to their instance for its move here
+    """
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(NOVA_CONF)
+    record = vpmem_owners.NamespaceOwners(conf.get('DEFAULT', 'state_path'),
+                                          conf.get('DEFAULT', 'host'))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(record.path)
+    for name, owner in owners.items():
+        record.set([name], owner, incoming=name in incoming)
+    return record.path
 
 
 @contextlib.contextmanager
@@ -76,11 +105,19 @@ class DaxTestBase(unittest.TestCase):
         cls.namespaces = ndctl_namespaces()
         cls.small = cls.namespaces['ns_small']
         cls.large = cls.namespaces['ns_large']
+        # The helper's functions called in this process act for INSTANCE,
+        # as main() sets it from --instance.
+        helper._config.update(instance=INSTANCE)
+        helper._nova_config.cache_clear()
 
     def setUp(self):
         super().setUp()
         self.rng = random.Random(self.id())
         self.tmp = tempfile.mkdtemp()
+        # A same-host move of INSTANCE from ns_small to ns_large.
+        self.owners_file = write_owners(
+            {'ns_small': INSTANCE, 'ns_large': INSTANCE},
+            incoming=['ns_large'])
         # Under TCG every second counts: show where they go.
         start = time.monotonic()
         self.addCleanup(lambda: sys.stderr.write(
@@ -93,34 +130,40 @@ class DaxTestBase(unittest.TestCase):
 
     def fill(self, ns, zero_every=0):
         """Random bytes, every ``zero_every``-th MiB zero; return them."""
-        path, size, _align = ns
-        data = bytearray(self.rng.randbytes(size))
+        data = bytearray(self.rng.randbytes(ns.size))
         if zero_every:
-            for mib in range(0, size // MIB, zero_every):
+            for mib in range(0, ns.size // MIB, zero_every):
                 data[mib * MIB:(mib + 1) * MIB] = bytes(MIB)
-        with mapped(path, size) as m:
+        with mapped(ns.path, ns.size) as m:
             m[:] = data
         return bytes(data)
 
     def read(self, ns):
-        path, size, _align = ns
-        with mapped(path, size) as m:
+        with mapped(ns.path, ns.size) as m:
             return bytes(m)
 
     def copy(self, pairs, **kwargs):
         return vpmem_copy.copy_namespaces(
-            pairs, host=None, helper=HELPER, root_helper=(), **kwargs)
+            pairs, host=None, helper=HELPER, root_helper=(),
+            **dict({'instance': INSTANCE}, **kwargs))
+
+    def check(self, pairs, **kwargs):
+        return vpmem_copy.check_namespaces(
+            pairs, helper=HELPER, root_helper=(), instance=INSTANCE,
+            **kwargs)
 
     def pipeline(self, src, dst, offset, length, dest_offset=None,
                  chunk=MIB):
         """Run ``send | receive`` of the helper for one range."""
         dest_offset = offset if dest_offset is None else dest_offset
         send = subprocess.Popen(
-            HELPER + ['send', '--device', src, '--offset', str(offset),
-                      '--length', str(length), '--chunk-size', str(chunk)],
+            HELPER + ['--instance', INSTANCE, 'send', '--namespace', src,
+                      '--offset', str(offset), '--length', str(length),
+                      '--chunk-size', str(chunk)],
             stdout=subprocess.PIPE)
         receive = subprocess.run(
-            HELPER + ['receive', '--device', dst, '--offset',
+            HELPER + ['--instance', INSTANCE, 'receive', '--namespace', dst,
+                      '--offset',
                       str(dest_offset), '--length', str(length),
                       '--source-offset', str(offset)],
             stdin=send.stdout, capture_output=True, text=True)
@@ -138,43 +181,47 @@ class DeviceDaxTestCase(DaxTestBase):
     def test_allow_list_comes_from_ndctl_and_nova_conf(self):
         known = helper.known_namespaces()
         self.assertEqual(
-            {self.small[0]: {'size': self.small[1], 'align': 2 * MIB},
-             self.large[0]: {'size': self.large[1], 'align': 2 * MIB}},
+            {'ns_small': {'path': self.small.path, 'size': self.small.size,
+                          'align': 2 * MIB},
+             'ns_large': {'path': self.large.path, 'size': self.large.size,
+                          'align': 2 * MIB}},
             known)
-        # A device-DAX namespace that nova.conf does not list is refused.
-        unlisted = self.namespaces['unlisted']
-        exc = self.raises(helper.HelperError, helper.zero, unlisted[0])
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        # A device-DAX namespace that nova.conf does not list is refused,
+        # and so is a device path: the helper takes namespace names only.
+        for name in ('unlisted', self.small.path):
+            exc = self.raises(helper.HelperError, helper.zero, name)
+            self.assertEqual(helper.EXIT_DENIED, exc.code)
+            self.assertIn('%s is not a vPMEM namespace of this host' % name,
+                          str(exc))
 
     # -- copies -------------------------------------------------------------
 
     def test_copy_random_and_mostly_zero_data_across_streams(self):
-        pair = vpmem_copy.NamespacePair(self.small[0], self.large[0],
-                                        self.small[1])
+        pair = vpmem_copy.NamespacePair('ns_small', 'ns_large',
+                                        self.small.size)
         data = self.fill(self.small)
         self.fill(self.large)           # dirty destination
         self.copy([pair], streams=3)
-        self.assertEqual(data, self.read(self.large)[:self.small[1]])
+        self.assertEqual(data, self.read(self.large)[:self.small.size])
 
         # All zero but one MiB: only that MiB is sent.
         data = self.fill(self.small, zero_every=1)
-        with mapped(self.small[0], self.small[1]) as m:
+        with mapped(self.small.path, self.small.size) as m:
             m[5 * MIB:6 * MIB] = self.rng.randbytes(MIB)
             data = bytes(m)
         self.fill(self.large)
         results = self.copy([pair], streams=3)
-        self.assertEqual(data, self.read(self.large)[:self.small[1]])
-        self.assertEqual(self.small[1] - MIB, results[0]['zero_bytes'])
+        self.assertEqual(data, self.read(self.large)[:self.small.size])
+        self.assertEqual(self.small.size - MIB, results[0]['zero_bytes'])
 
     def test_precopy_while_another_process_writes_the_device(self):
         # As a running guest's QEMU does: the source device is mapped and
         # written while the first pass reads it.
-        path, size, _align = self.small
-        pair = vpmem_copy.NamespacePair(path, self.large[0], size)
+        size = self.small.size
+        pair = vpmem_copy.NamespacePair('ns_small', 'ns_large', size)
         self.fill(self.small, zero_every=4)
         self.fill(self.large)
-        _digest, record_digest = vpmem_copy.check_namespaces(
-            [pair], helper=HELPER, root_helper=(), precopy=True)
+        _digest, record_digest = self.check([pair], precopy=True)
         script = (
             'import mmap, os, random, sys, time\n'
             'fd = os.open(sys.argv[1], os.O_RDWR)\n'
@@ -184,13 +231,14 @@ class DeviceDaxTestCase(DaxTestBase):
             '    at = random.randrange(len(m) // 8192) * 4096\n'
             '    m[at:at + 4096] = os.urandom(4096)\n'
             '    time.sleep(0.002)\n')
-        writer = subprocess.Popen([sys.executable, '-c', script, path,
-                                   str(size)], stdout=subprocess.PIPE)
+        writer = subprocess.Popen([sys.executable, '-c', script,
+                                   self.small.path, str(size)],
+                                  stdout=subprocess.PIPE)
         try:
             self.assertEqual(b'mapped\n', writer.stdout.readline())
             record = vpmem_copy.precopy_namespaces(
                 [pair], record_digest, helper=HELPER, root_helper=(),
-                bandwidth=8 * MIB)
+                bandwidth=8 * MIB, instance=INSTANCE)
             # Only the first pass may read a device in use.
             exc = self.raises(exception.VPMEMCopyFailed, self.copy, [pair],
                               record=record)
@@ -211,7 +259,7 @@ class DeviceDaxTestCase(DaxTestBase):
         self.fill(self.large)
         before = self.read(self.large)
         offset, length = 3 * MIB + 4097, 5 * MIB + 12345
-        stats = self.pipeline(self.small[0], self.large[0], offset, length,
+        stats = self.pipeline('ns_small', 'ns_large', offset, length,
                               chunk=256 * 1024 + 3)
         self.assertEqual(length, stats['length'])
         after = self.read(self.large)
@@ -224,73 +272,105 @@ class DeviceDaxTestCase(DaxTestBase):
         data = self.fill(self.small, zero_every=4)
         self.fill(self.large)           # dirty: nothing of it may remain
         self.copy([vpmem_copy.NamespacePair(
-            self.small[0], self.large[0], self.small[1], self.large[1],
+            'ns_small', 'ns_large', self.small.size, self.large.size,
             LABEL)], streams=2)
         got = self.read(self.large)
-        size = self.small[1]
+        size = self.small.size
         self.assertEqual(data[:size - LABEL], got[:size - LABEL])
         self.assertEqual(data[size - LABEL:], got[-LABEL:])
-        self.assertEqual(bytes(self.large[1] - size),
+        self.assertEqual(bytes(self.large.size - size),
                          got[size - LABEL:-LABEL])
 
     def test_check_on_real_devices(self):
-        pair = vpmem_copy.NamespacePair(self.small[0], self.large[0],
-                                        self.small[1], self.large[1])
-        self.assertIn(vpmem_copy.check_namespaces(
-            [pair], helper=HELPER, root_helper=()), helper.available_digests())
-        too_big = pair._replace(dest_size=self.large[1] + MIB)
-        self.raises(exception.VPMEMCopyCheckFailed,
-                    vpmem_copy.check_namespaces, [too_big], helper=HELPER,
-                    root_helper=())
+        pair = vpmem_copy.NamespacePair('ns_small', 'ns_large',
+                                        self.small.size, self.large.size)
+        self.assertIn(self.check([pair]), helper.available_digests())
+        too_big = pair._replace(dest_size=self.large.size + MIB)
+        self.raises(exception.VPMEMCopyCheckFailed, self.check, [too_big])
+
+    # -- the namespaces of the instance -------------------------------------
+
+    def test_receive_into_another_instances_namespace_is_refused(self):
+        self.fill(self.small)
+        theirs = self.fill(self.large)
+        # ns_large holds another instance's data, which moves here: a copy
+        # for INSTANCE that names it (stale or wrong) must not write it.
+        write_owners({'ns_small': INSTANCE, 'ns_large': OTHER},
+                     incoming=['ns_large'])
+        pair = vpmem_copy.NamespacePair('ns_small', 'ns_large',
+                                        self.small.size)
+        refused = ('this host did not give namespace ns_large to instance '
+                   '%s for its move here (it records %s)' % (INSTANCE, OTHER))
+        exc = self.raises(exception.VPMEMCopyFailed, self.copy, [pair],
+                          streams=1)
+        self.assertIn('receive exited with %d' % helper.EXIT_DENIED,
+                      str(exc))
+        self.assertIn(refused, str(exc))
+        exc = self.raises(exception.VPMEMCopyCheckFailed, self.check, [pair])
+        self.assertIn(refused, str(exc))
+        # Nor is it zeroed for INSTANCE, e.g. after its failed copy.
+        exc = self.raises(helper.HelperError, helper.zero, 'ns_large')
+        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        self.assertEqual(theirs, self.read(self.large))
+
+        # INSTANCE's own namespace once it runs here (no longer incoming):
+        # no copy writes it.
+        write_owners({'ns_small': INSTANCE, 'ns_large': INSTANCE})
+        with open(os.devnull, 'rb') as empty:
+            exc = self.raises(helper.HelperError, helper.receive,
+                              'ns_large', 0, MIB, in_fd=empty.fileno())
+        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        self.assertIn('for its move here', str(exc))
+        self.assertEqual(theirs, self.read(self.large))
 
     # -- zeroing and daxio ----------------------------------------------------
 
     def test_zero_a_range_and_a_namespace(self):
         data = self.fill(self.large)
-        helper.zero(self.large[0], out=open(os.devnull, 'w'),
+        helper.zero('ns_large', out=open(os.devnull, 'w'),
                     offset=2 * MIB + 5, length=3 * MIB)
         got = self.read(self.large)
         self.assertEqual(bytes(3 * MIB), got[2 * MIB + 5:5 * MIB + 5])
         self.assertEqual(data[:2 * MIB + 5], got[:2 * MIB + 5])
         self.assertEqual(data[5 * MIB + 5:], got[5 * MIB + 5:])
         self.assertEqual([], vpmem_copy.zero_namespaces(
-            [self.large[0]], helper=HELPER, root_helper=()))
-        self.assertEqual(bytes(self.large[1]), self.read(self.large))
+            ['ns_large'], helper=HELPER, root_helper=(), instance=INSTANCE))
+        self.assertEqual(bytes(self.large.size), self.read(self.large))
 
     def test_daxio_reads_what_the_helper_wrote(self):
         data = self.fill(self.small, zero_every=3)
         self.fill(self.large)
         self.copy([vpmem_copy.NamespacePair(
-            self.small[0], self.large[0], self.small[1])])
+            'ns_small', 'ns_large', self.small.size)])
         out = os.path.join(self.tmp, 'out')
-        subprocess.run(['daxio', '--input', self.large[0], '--output', out,
-                        '--len', str(self.small[1])], check=True,
+        subprocess.run(['daxio', '--input', self.large.path, '--output', out,
+                        '--len', str(self.small.size)], check=True,
                        capture_output=True)
         with open(out, 'rb') as f:
             self.assertEqual(data, f.read())
 
     def test_helper_reads_what_daxio_wrote(self):
-        data = self.rng.randbytes(self.small[1])
+        data = self.rng.randbytes(self.small.size)
         src = os.path.join(self.tmp, 'src')
         with open(src, 'wb') as f:
             f.write(data)
-        subprocess.run(['daxio', '--input', src, '--output', self.small[0]],
-                       check=True, capture_output=True)
+        subprocess.run(['daxio', '--input', src, '--output',
+                        self.small.path], check=True, capture_output=True)
         self.copy([vpmem_copy.NamespacePair(
-            self.small[0], self.large[0], self.small[1])])
-        self.assertEqual(data, self.read(self.large)[:self.small[1]])
+            'ns_small', 'ns_large', self.small.size)])
+        self.assertEqual(data, self.read(self.large)[:self.small.size])
 
     def test_novas_daxio_zeroing_then_helper_sees_zero(self):
         self.fill(self.small)
         # nova.privsep.libvirt.cleanup_vpmem's command line.
-        subprocess.run(['daxio', '-z', '-o', self.small[0]], check=True,
+        subprocess.run(['daxio', '-z', '-o', self.small.path], check=True,
                        capture_output=True)
         self.fill(self.large)
         results = self.copy([vpmem_copy.NamespacePair(
-            self.small[0], self.large[0], self.small[1])])
-        self.assertEqual(self.small[1], results[0]['zero_bytes'])
-        self.assertEqual(bytes(self.small[1]),
-                         self.read(self.large)[:self.small[1]])
+            'ns_small', 'ns_large', self.small.size)])
+        self.assertEqual(self.small.size, results[0]['zero_bytes'])
+        self.assertEqual(bytes(self.small.size),
+                         self.read(self.large)[:self.small.size])
 
     # -- refusals and the device mapping -------------------------------------
 
@@ -310,15 +390,14 @@ class DeviceDaxTestCase(DaxTestBase):
             'print("mapped", flush=True)\n'
             'time.sleep(60)\n')
         user = subprocess.Popen([sys.executable, '-c', script,
-                                 self.small[0]], stdout=subprocess.PIPE)
+                                 self.small.path], stdout=subprocess.PIPE)
         try:
             self.assertEqual(b'mapped\n', user.stdout.readline())
             fd_dir = '/proc/%d/fd' % user.pid
-            self.assertNotIn(self.small[0], [
+            self.assertNotIn(self.small.path, [
                 os.readlink(os.path.join(fd_dir, fd))
                 for fd in os.listdir(fd_dir)])
-            exc = self.raises(helper.HelperError, helper.zero,
-                              self.small[0])
+            exc = self.raises(helper.HelperError, helper.zero, 'ns_small')
             self.assertIn('in use by process %d' % user.pid, str(exc))
         finally:
             user.kill()
@@ -326,12 +405,12 @@ class DeviceDaxTestCase(DaxTestBase):
             user.stdout.close()
 
     def test_range_outside_the_device_is_refused(self):
-        exc = self.raises(helper.HelperError, helper.send, self.small[0],
-                          self.small[1] - MIB, 2 * MIB, MIB, 'none', 0)
+        exc = self.raises(helper.HelperError, helper.send, 'ns_small',
+                          self.small.size - MIB, 2 * MIB, MIB, 'none', 0)
         self.assertEqual(helper.EXIT_USAGE, exc.code)
 
     def test_persist_with_libpmem_on_the_device_mapping(self):
-        dev = helper._Mapping(self.small[0], 3 * MIB + 7, MIB, 2 * MIB,
+        dev = helper._Mapping(self.small.path, 3 * MIB + 7, MIB, 2 * MIB,
                               writable=True)
         try:
             self.assertTrue(dev.is_dax)
@@ -345,9 +424,10 @@ class DeviceDaxTestCase(DaxTestBase):
 
 
 # Runs as the unprivileged user "nova": the copy engine as nova-compute
-# runs it, with the default root helper "sudo -n". Makes each call of the
-# JSON list in argv[1] in turn and prints the list of answers. (Importing
-# nova takes most of a minute under TCG: tests share one process.)
+# runs it, with the default root helper "sudo -n", for INSTANCE. Makes each
+# call of the JSON list in argv[1] in turn and prints the list of answers.
+# (Importing nova takes most of a minute under TCG: tests share one
+# process.)
 _AS_NOVA = """
 import json, sys
 from nova.virt.libvirt import vpmem_copy
@@ -356,11 +436,12 @@ for args in json.loads(sys.argv[1]):
     pairs = [vpmem_copy.NamespacePair(*p) for p in args.pop('pairs')]
     call = getattr(vpmem_copy, args.pop('call'))
     try:
-        answers.append({'result': call(pairs, helper=[%r], **args)})
+        answers.append({'result': call(pairs, helper=[%r], instance=%r,
+                                       **args)})
     except Exception as e:
         answers.append({'error': '%%s: %%s' %% (type(e).__name__, e)})
 print(json.dumps(answers))
-""" % VENV_HELPER
+""" % (VENV_HELPER, INSTANCE)
 
 
 class SudoTestCase(DaxTestBase):
@@ -369,7 +450,14 @@ class SudoTestCase(DaxTestBase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        # The guest's root file system is a throw-away overlay.
+        # The guest's root file system is a throw-away overlay on the host's.
+        # Its own copies of the user databases first: the host may add or
+        # remove a user nova of its own meanwhile, which the guest would
+        # see.
+        for path in ('/etc/passwd', '/etc/group', '/etc/shadow',
+                     '/etc/gshadow'):
+            with contextlib.suppress(FileNotFoundError):
+                open(path, 'ab').close()
         subprocess.run(['useradd', '--system', '--no-create-home', 'nova'],
                        capture_output=True)
         with open('/etc/sudoers.d/nova-vpmem-copy', 'w') as f:
@@ -382,7 +470,7 @@ class SudoTestCase(DaxTestBase):
         # As a nova-compute that runs as nova with no root helper, and with
         # a root helper command outside the sudoers rule. Neither touches a
         # namespace, so they share one process.
-        pairs = [(cls.small[0], cls.large[0], cls.small[1])]
+        pairs = [('ns_small', 'ns_large', cls.small.size)]
         cls.not_root, cls.outside_rule = cls.as_nova(
             ('check_namespaces', pairs, {'root_helper': []}),
             ('check_namespaces', pairs,
@@ -411,21 +499,22 @@ class SudoTestCase(DaxTestBase):
             except OSError:
                 continue
             # sudo and the helper it runs both have these words.
-            if re.search(b'nova-vpmem-copy\0(send|receive)\0', cmdline):
+            if re.search(b'nova-vpmem-copy\0--instance\0[^\0]*\0'
+                         b'(send|receive)\0', cmdline):
                 found.append(int(pid))
         return found
 
     def test_copy_through_sudo_as_nova(self):
         data = self.fill(self.small, zero_every=2)
         self.fill(self.large)
-        pairs = [(self.small[0], self.large[0], self.small[1],
-                  self.large[1], LABEL)]
+        pairs = [('ns_small', 'ns_large', self.small.size, self.large.size,
+                  LABEL)]
         check, copy = self.as_nova(('check_namespaces', pairs, {}),
                                    ('copy_namespaces', pairs, {'streams': 2}))
         self.assertIn(check.get('result'), helper.available_digests(), check)
         self.assertIn('result', copy, copy)
         got = self.read(self.large)
-        self.assertEqual(data[:-LABEL], got[:self.small[1] - LABEL])
+        self.assertEqual(data[:-LABEL], got[:self.small.size - LABEL])
         self.assertEqual(data[-LABEL:], got[-LABEL:])
 
     def test_check_fails_when_the_helper_is_not_root(self):
@@ -438,7 +527,7 @@ class SudoTestCase(DaxTestBase):
 
     def test_a_stopped_copy_stops_the_root_helpers_behind_sudo(self):
         self.fill(self.small)
-        pairs = [(self.small[0], self.large[0], self.small[1])]
+        pairs = [('ns_small', 'ns_large', self.small.size)]
         # 1 MiB/s: the copy is still running when its time is up.
         answer, = self.as_nova(('copy_namespaces', pairs,
                                 {'streams': 2, 'bandwidth': MIB,

@@ -58,6 +58,7 @@ def up(old_compute=False):
     reset_state()
     base.ensure_bridge()
     control.up()
+    computes.ensure_nova_user()
     for host in computes.ALL_HOSTS:
         host.create()
     known_hosts = computes.setup_ssh()

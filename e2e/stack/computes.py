@@ -26,6 +26,14 @@ privsep, the copy helper under sudo) runs in both, so in its file system:
   vPMEM namespaces only, ``/dev/dax<region>.<n>``: regular files (there is
   no PMEM hardware here) bind-mounted from ``STATE/hosts/<host>/pmem``.
 
+As in a real deployment, nova-compute runs as the unprivileged ``nova``
+user (created for the cloud when the machine has none), whose home is the
+host's ``/var/lib/nova``: it reaches libvirtd through libvirtd's socket
+group, starts privsep and the copy helper with ``sudo`` by the rules of the
+host's ``/etc/sudoers.d/nova`` (the admin guide's), and logs in to the other
+hosts as ``nova`` with its own copies of the migration key and of the copy's
+key, which sshd accepts only through the admin guide's forced command.
+
 STAND-INS (no PMEM hardware on these machines), bind-mounted in the host's
 mount namespace only:
 
@@ -39,6 +47,7 @@ mount namespace only:
 import json
 import os
 import pathlib
+import pwd
 import shutil
 import signal
 
@@ -61,11 +70,34 @@ E2E_BIN = pathlib.Path(__file__).resolve().parents[1] / 'bin'
 # Character devices QEMU, libvirt, sshd and sudo need in the host's /dev.
 DEVICES = (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7), ('random', 1, 8),
            ('urandom', 1, 9), ('tty', 5, 0), ('net/tun', 10, 200))
-# /etc/ssh/ssh_config.d too: each host's ssh client config is its own, and
-# nothing is written to the machine's.
+# /etc/ssh/ssh_config.d and /etc/sudoers.d too: each host's ssh client
+# config and sudo rules are its own, and nothing is written to the
+# machine's.
 PRIVATE_DIRS = ('/etc/nova', '/etc/libvirt', '/var/lib/nova',
                 '/var/lib/libvirt', '/var/log/libvirt', '/var/cache/libvirt',
-                '/etc/ssh/ssh_config.d')
+                '/etc/ssh/ssh_config.d', '/etc/sudoers.d')
+# The user nova-compute runs as, and its home: the host's /var/lib/nova.
+NOVA_USER = 'nova'
+NOVA_HOME = pathlib.Path('/var/lib/nova')
+MIGRATION_KEY_IN_HOME = NOVA_HOME / '.ssh' / 'id_ed25519'
+COPY_KEY_IN_HOME = NOVA_HOME / '.ssh' / 'id_vpmem_copy'
+# Set when the cloud created the nova user, which teardown then removes.
+CREATED_USER_MARK = base.STATE / 'created-nova-user'
+# The admin guide's rules (doc/source/admin/virtual-persistent-memory.rst),
+# with this host's paths, and the privsep helper's, which nova-compute
+# starts through sudo (nova's packages use rootwrap for it).
+SUDOERS = '''# nova stack (tools/cloud): what nova-compute may run as root.
+nova ALL = (root) NOPASSWD: {bin}/nova-vpmem-copy
+nova ALL = (root) NOPASSWD: {bin}/privsep-helper
+'''
+LIBVIRTD_CONF = '''
+# nova stack (tools/cloud): nova-compute, as the nova user, manages guests
+# through the read-write socket, which its group may use.
+unix_sock_group = "nova"
+unix_sock_rw_perms = "0770"
+auth_unix_rw = "none"
+'''
+
 QEMU_CONF = '''
 # nova stack (tools/cloud): QEMU runs as root without a security driver,
 # and libvirt gives no domain a /dev of its own: the vPMEM "devices" of this
@@ -159,11 +191,22 @@ class ComputeHost(hosts.Host):
             # at teardown when it was ours and is still empty).
             os.makedirs(path, exist_ok=True)
             self._mount('--bind', self.private(path), path)
-        self.private('/var/lib/nova').joinpath('instances').mkdir(
-            exist_ok=True)
+        self._write_nova_home()
         self._make_dev()
         self._write_hosts_file()
         self._write_stand_ins()
+
+    def _write_nova_home(self):
+        """The nova user's /var/lib/nova and its sudo rules."""
+        nova = pwd.getpwnam(NOVA_USER)
+        home = self.private(str(NOVA_HOME))
+        for path in (home, home / 'instances', home / '.ssh'):
+            path.mkdir(exist_ok=True)
+            os.chown(path, nova.pw_uid, nova.pw_gid)
+        (home / '.ssh').chmod(0o700)
+        sudoers = self.private('/etc/sudoers.d') / 'nova'
+        sudoers.write_text(SUDOERS.format(bin=self.venv_bin))
+        sudoers.chmod(0o440)
 
     def _mount_pmem_storage(self):
         """A tmpfs that holds exactly this host's namespaces.
@@ -230,6 +273,8 @@ class ComputeHost(hosts.Host):
                       ignore_errors=True)
         with open(etc / 'qemu.conf', 'a') as f:
             f.write(QEMU_CONF)
+        with open(etc / 'libvirtd.conf', 'a') as f:
+            f.write(LIBVIRTD_CONF)
 
     def _write_hosts_file(self):
         """Its own /etc/hosts and resolv.conf.
@@ -278,11 +323,19 @@ class ComputeHost(hosts.Host):
             self.address, self.port), timeout=30, name=self.service('sshd'))
 
     def start_nova_compute(self, nova_conf_sections):
-        base.write_config(self.private('/etc/nova') / 'nova.conf',
-                          nova_conf_sections)
+        nova = pwd.getpwnam(NOVA_USER)
+        conf = base.write_config(self.private('/etc/nova') / 'nova.conf',
+                                 nova_conf_sections)
+        # Root's, as the copy helper requires; nova may read it.
+        os.chown(conf, 0, nova.pw_gid)
+        conf.chmod(0o640)
+        env = dict(base.venv_env(), HOME=str(NOVA_HOME), USER=NOVA_USER,
+                   LOGNAME=NOVA_USER)
         base.start(self.service('nova-compute'), self._in_ns(
+            'setpriv', '--reuid', NOVA_USER, '--regid', NOVA_USER,
+            '--init-groups', '--',
             self.venv_bin / 'nova-compute', '--config-file',
-            '/etc/nova/nova.conf'))
+            '/etc/nova/nova.conf'), env=env)
 
     def run_in(self, *argv, check=True):
         """Run argv on this host (in its namespaces)."""
@@ -328,6 +381,19 @@ OLD_HOST = ComputeHost('hostC', '10.78.0.13', 2, venv_bin=base.OLD_VENV_BIN)
 ALL_HOSTS = HOSTS + (OLD_HOST,)
 
 
+def ensure_nova_user():
+    """The nova user, as a distribution's nova package creates it."""
+    try:
+        pwd.getpwnam(NOVA_USER)
+    except KeyError:
+        # No password, but not locked ("!"): sshd lets no locked account
+        # in, even with a key.
+        base.run('useradd', '--system', '--user-group', '--no-create-home',
+                 '--home-dir', str(NOVA_HOME), '--shell', '/bin/sh',
+                 '--password', '*', NOVA_USER)
+        CREATED_USER_MARK.touch()
+
+
 def setup_ssh():
     """The migration key, each host's sshd and the client's pinned keys."""
     CLIENT_DIR.mkdir(parents=True, exist_ok=True)
@@ -346,7 +412,9 @@ def setup_ssh():
         helper = host.venv_bin / 'nova-vpmem-copy'
         gate = 'restrict,command="%s ssh-gate sudo -n %s" %s\n' % (
             helper, helper, copy_pubkey)
-        host.write_sshd_config(pubkey + gate, [host.venv_bin], {})
+        host.write_sshd_config(pubkey + gate, [host.venv_bin], {},
+                               user=NOVA_USER)
+        _install_keys(host, identity)
     known_hosts = CLIENT_DIR / 'known_hosts'
     known_hosts.write_text(''.join(
         '%s %s\n' % (host.address,
@@ -355,8 +423,9 @@ def setup_ssh():
     blocks = ['# Written by tools/cloud (e2e/stack/computes.py) into this',
               "# host's private /etc/ssh/ssh_config.d. Host keys are pinned."]
     for host in ALL_HOSTS:
-        blocks += ['Host %s' % host.address, '    User root',
-                   '    IdentityFile %s' % identity, '    IdentitiesOnly yes',
+        blocks += ['Host %s' % host.address, '    User %s' % NOVA_USER,
+                   '    IdentityFile %s' % MIGRATION_KEY_IN_HOME,
+                   '    IdentitiesOnly yes',
                    '    UserKnownHostsFile %s' % known_hosts,
                    '    GlobalKnownHostsFile /dev/null', '    BatchMode yes',
                    '    StrictHostKeyChecking yes', '    ConnectTimeout 5']
@@ -366,9 +435,23 @@ def setup_ssh():
     return known_hosts
 
 
+def _install_keys(host, identity):
+    """The nova user's own copies of the migration and the copy keys."""
+    nova = pwd.getpwnam(NOVA_USER)
+    for source, target in ((identity, MIGRATION_KEY_IN_HOME),
+                           (COPY_KEY, COPY_KEY_IN_HOME)):
+        path = host.private(str(NOVA_HOME)) / target.relative_to(NOVA_HOME)
+        shutil.copyfile(source, path)
+        os.chown(path, nova.pw_uid, nova.pw_gid)
+        path.chmod(0o600)
+
+
 def teardown():
     for host in ALL_HOSTS:
         host.destroy()
+    if CREATED_USER_MARK.exists():
+        base.run('userdel', NOVA_USER, check=False)
+        CREATED_USER_MARK.unlink()
     for path in ('/etc/nova', '/var/lib/nova'):
         try:
             os.rmdir(path)          # only when empty: then it was ours

@@ -15,9 +15,10 @@
 Every host gets a network namespace and a veth pair whose outer end sits on
 the cloud's bridge in the root namespace (the bridge holds the gateway
 address, so the control plane in the root namespace reaches every host),
-its own sshd host key, and an sshd configuration that accepts only root
-with the cloud's migration key. ``e2e.stack.computes.ComputeHost`` builds
-the rest of a compute host on this.
+its own sshd host key, and an sshd configuration that accepts only one
+user (nova on the cloud's compute hosts) with the cloud's keys.
+``e2e.stack.computes.ComputeHost`` builds the rest of a compute host on
+this.
 """
 
 import pathlib
@@ -73,8 +74,9 @@ class Host(object):
         run(*self._in_ns('ip', 'link', 'set', peer, 'up'))
         run(*self._in_ns('ip', 'route', 'add', 'default', 'via', self.gateway))
 
-    def write_sshd_config(self, client_pubkey, path_dirs, environment):
-        """sshd config: key-only root login, own host key, own address.
+    def write_sshd_config(self, client_pubkey, path_dirs, environment,
+                          user='root'):
+        """sshd config: key-only login of user, own host key, own address.
 
         ``SetEnv`` gives remote commands this host's PATH (where the daxio
         stand-in and the copy helper live) and environment.
@@ -85,7 +87,8 @@ class Host(object):
                 'nova stack %s host key' % self.name, '-f', str(self.host_key))
         auth_keys = self.ssh_dir / 'authorized_keys'
         auth_keys.write_text(client_pubkey)
-        auth_keys.chmod(0o600)
+        # sshd reads it with the user's privileges.
+        auth_keys.chmod(0o644)
         env = dict(environment)
         env['PATH'] = ':'.join(
             [str(d) for d in path_dirs] +
@@ -98,7 +101,9 @@ class Host(object):
             'HostKey %s' % self.host_key,
             'PidFile %s' % (self.ssh_dir / 'sshd.pid'),
             'AuthorizedKeysFile %s' % auth_keys,
-            'PermitRootLogin prohibit-password',
+            'AllowUsers %s' % user,
+            'PermitRootLogin %s' % (
+                'prohibit-password' if user == 'root' else 'no'),
             'PubkeyAuthentication yes',
             'PasswordAuthentication no',
             'KbdInteractiveAuthentication no',

@@ -92,7 +92,7 @@ def compute_config(host, known_hosts, extra=None):
             'vpmem_copy_helper': host.venv_bin / 'nova-vpmem-copy',
             'vpmem_copy_root_helper': 'sudo -n',
             'vpmem_copy_known_hosts_file': known_hosts,
-            'vpmem_copy_ssh_identity_file': computes.COPY_KEY,
+            'vpmem_copy_ssh_identity_file': computes.COPY_KEY_IN_HOME,
         },
         'vnc': {'enabled': 'false'},
         'oslo_concurrency': {'lock_path': '/var/lib/nova/tmp'},

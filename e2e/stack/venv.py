@@ -16,19 +16,22 @@ It is separate from ``.venv`` on purpose: Keystone, Glance and Neutron pull
 in packages (neutron-lib registers flake8 checks, for one) that would change
 what the unit tests and flake8 of ``.venv`` run with. The patched trees of
 ``.workspace`` are installed editable, so the cloud runs exactly the code
-the other test groups test.
+the other test groups test. It runs on the distribution's Python, as
+packaged services do: nova-compute runs as the nova user, which may not
+reach an interpreter in root's home (pyenv's, for one).
 """
 
 import hashlib
 import json
 import os
+import pathlib
 import subprocess
-import sys
 
 from e2e.stack import base
 
 REQUIREMENTS = base.ROOT / 'e2e' / 'stack' / 'requirements.txt'
 PROJECTS = ('nova', 'openstacksdk', 'python-openstackclient')
+PYTHON = pathlib.Path('/usr/bin/python3')
 
 
 def install(venv_bin, args, inputs, what, log_name):
@@ -39,14 +42,15 @@ def install(venv_bin, args, inputs, what, log_name):
     recorded.
     """
     venv = venv_bin.parent
-    stamp = hashlib.sha256(' '.join(args).encode())
+    stamp = hashlib.sha256(' '.join([str(PYTHON)] + args).encode())
     for path in inputs:
         stamp.update(path.read_bytes())
     stamp_file = venv / 'stack-stamp'
     if stamp_file.exists() and stamp_file.read_text() == stamp.hexdigest():
         return
-    if not (venv_bin / 'python').exists():
-        subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+    if not _runs_on(venv, PYTHON):
+        subprocess.run([str(PYTHON), '-m', 'venv', '--clear', str(venv)],
+                       check=True)
     log_path = base.LOGS / log_name
     base.say('installing %s into %s (a few minutes the first time; log %s)'
              % (what, venv, log_path))
@@ -59,6 +63,17 @@ def install(venv_bin, args, inputs, what, log_name):
                         '-q', *args], check=True, env=env, stdout=log,
                        stderr=subprocess.STDOUT)
     stamp_file.write_text(stamp.hexdigest())
+
+
+def _runs_on(venv, python):
+    """Tell whether venv exists and was made with interpreter python."""
+    try:
+        config = (venv / 'pyvenv.cfg').read_text()
+    except FileNotFoundError:
+        return False
+    home = dict(line.split(' = ', 1) for line in config.splitlines()
+                if ' = ' in line).get('home')
+    return home == str(python.resolve().parent)
 
 
 def ensure():

@@ -46,17 +46,23 @@ Subcommands:
     Zero a namespace, or a byte range of it.
 ``check``
     Print the protocol version and the digests this host can verify, after
-    checking that each ``--device`` is a namespace of this host that holds
-    at least ``--length`` bytes and that nobody uses (unless
-    ``--allow-in-use``: the source namespaces of a guest that still runs).
+    checking each ``--namespace`` as a receiver would: it may write it, it
+    holds at least ``--length`` bytes, nobody uses it (with ``--sources``,
+    as a sender would: it may read it, and its guest may still run).
     nova-compute runs it on both hosts before it powers the instance off.
 
-Before touching a device the helper checks that the path is one of this
-host's device-DAX namespaces as listed by ``ndctl list -X`` and named in
-``[libvirt] pmem_namespaces`` of nova's configuration files, which must be
-owned by root and writable by root only (the caller may name nova-compute's
-files with ``--config-file``, never write them). For its whole run it
-then holds POSIX locks on the device: a shared one on a byte past the end
+Every call acts for one instance (``--instance``) and names namespaces,
+never devices. The helper finds a namespace's device in ``ndctl list -X``,
+among those named in ``[libvirt] pmem_namespaces`` of nova's configuration
+files, which must be owned by root and writable by root only (the caller
+may name nova-compute's files with ``--config-file``, never write them).
+Then this host's owners file, which nova-compute keeps in ``[DEFAULT]
+state_path`` (``nova.virt.libvirt.vpmem_owners``), must give the namespace
+to the instance: ``send`` reads only the instance's namespaces, ``receive``
+writes only those given to it for its move to this host, and ``zero``
+zeroes only the instance's or already zeroed ones. A stale or foreign name
+never reaches another server's data. For its whole run the helper then
+holds POSIX locks on the device: a shared one on a byte past the end
 of any namespace that marks it as a helper, and one on the range it works
 on, shared to read and exclusive to write, so that two helpers never write
 one range and nova's own zeroing (which locks the whole device) never runs
@@ -87,10 +93,12 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess  # nosec: B404 argv lists only, never a shell
 import sys
 import time
+import uuid
 
 from nova.virt import vpmem_stream as stream
 
@@ -125,7 +133,7 @@ NOVA_CONFIG_DIR = '/etc/nova/nova.conf.d'
 # write them: they decide which devices root writes.
 CONFIG_OWNER = 0
 # The configuration this run reads: main() sets it from the command line.
-_config = {'files': (), 'directories': ()}
+_config = {'files': (), 'directories': (), 'instance': None}
 F_SETPIPE_SZ = 1031
 # Prefaulting the mapping in one call is much cheaper than a page fault per
 # page while copying.
@@ -186,11 +194,12 @@ def _digest(name, view):
 # -- namespace allow-list ----------------------------------------------------
 
 def known_namespaces():
-    """Return {devpath: {'size': bytes, 'align': bytes}} for this host.
+    """Return {name: {'path': devpath, 'size': bytes, 'align': bytes}}.
 
-    The device-DAX namespaces that ndctl lists and nova may give to guests.
+    The device-DAX namespaces of this host that ndctl lists and nova may
+    give to guests.
     """
-    allowed = _nova_namespace_names(**_config)
+    allowed = _nova_namespace_names(_nova_config())
     ndctl = shutil.which('ndctl', path=SAFE_PATH)
     if not ndctl:
         raise HelperError(EXIT_USAGE, 'ndctl is not installed in %s' %
@@ -208,8 +217,8 @@ def known_namespaces():
         chardev = devices[0]['chardev'] if devices else ns.get('chardev')
         if not chardev:
             continue
-        namespaces['/dev/' + chardev] = {
-            'size': int(ns['size']),
+        namespaces[ns['name']] = {
+            'path': '/dev/' + chardev, 'size': int(ns['size']),
             'align': int(region.get('align') or ns.get('align') or
                          mmap.PAGESIZE)}
     return namespaces
@@ -227,11 +236,12 @@ def _config_paths(files, directories):
         entry for d in directories for entry in conf_d(d)]
 
 
-def _nova_namespace_names(files=(), directories=()):
-    """Return the namespace names in nova's [libvirt] pmem_namespaces."""
+@functools.lru_cache(maxsize=None)
+def _nova_config():
+    """Read nova-compute's configuration files, root-owned ones only."""
     parser = configparser.ConfigParser(interpolation=None, strict=False)
-    paths = _config_paths(files, directories)
-    for path, required in paths:
+    for path, required in _config_paths(_config['files'],
+                                        _config['directories']):
         try:
             f = open(path, encoding='utf-8')
         except FileNotFoundError:
@@ -248,30 +258,93 @@ def _nova_namespace_names(files=(), directories=()):
                                   'namespaces that may be written as root'
                                   % (path, CONFIG_OWNER))
             parser.read_file(f, source=path)
-    value = parser.get('libvirt', 'pmem_namespaces', fallback='')
+    return parser
+
+
+def _nova_namespace_names(config):
+    """Return the namespace names in nova's [libvirt] pmem_namespaces."""
+    value = config.get('libvirt', 'pmem_namespaces', fallback='')
     names: set[str] = set()
     for group in filter(None, value.split(',')):
         names.update(filter(None, group.partition(':')[2].split('|')))
     if not names:
+        paths = _config_paths(_config['files'], _config['directories'])
         raise HelperError(EXIT_DENIED, 'no [libvirt] pmem_namespaces in %s'
                           % ', '.join(p for p, _ in paths))
     return names
 
 
-def _check_device(device, offset, length):
-    """Validate a device and byte range against the allow-list."""
-    real = os.path.realpath(device)
+def _owners_path(config):
+    """The owners file of nova-compute's [DEFAULT] state_path and host."""
+    # nova's defaults: state_path is where the nova package is installed.
+    state_path = config.get('DEFAULT', 'state_path', fallback=None) or (
+        os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(stream.__file__)))))
+    host = config.get('DEFAULT', 'host', fallback=None) or socket.gethostname()
+    if '$' in state_path + host:
+        raise HelperError(EXIT_USAGE, 'set [DEFAULT] state_path and host '
+                          'without $ substitutions for nova-vpmem-copy')
+    return os.path.join(state_path, stream.OWNERS_FILE % host)
+
+
+def _owners():
+    """Return (owners, incoming) of this host's owners file.
+
+    nova-compute writes it: a namespace it has no record of is nobody's.
+    """
+    path = _owners_path(_nova_config())
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return {}, {}
+    except OSError as e:
+        # ELOOP: a symlink, which nova-compute never writes there.
+        raise HelperError(EXIT_DENIED, 'cannot read %s: %s' % (path, e))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HelperError(EXIT_DENIED, '%s is not a regular file' % path)
+        text = os.read(fd, stream.MAX_OWNERS_FILE_SIZE + 1)
+    finally:
+        os.close(fd)
+    try:
+        if len(text) > stream.MAX_OWNERS_FILE_SIZE:
+            raise ValueError('larger than %d bytes' %
+                             stream.MAX_OWNERS_FILE_SIZE)
+        return stream.parse_owners(text)
+    except ValueError as e:
+        raise HelperError(EXIT_DENIED, '%s is not an owners file: %s' % (
+            path, e))
+
+
+def _check_namespace(name, offset, length, use):
+    """Return (path, namespace, length) of a range this run may use.
+
+    :param use: 'read' a namespace this host records as the instance's,
+        'write' one it gave to the instance moving here, or 'zero' one of
+        the instance's or one recorded as zeroed
+    """
     namespaces = known_namespaces()
-    if device != real or real not in namespaces:
+    if name not in namespaces:
         raise HelperError(EXIT_DENIED, '%s is not a vPMEM namespace of this '
-                          'host' % device)
-    ns = namespaces[real]
+                          'host' % name)
+    instance = _config['instance']
+    owners, incoming = _owners()
+    allowed = {'read': owners.get(name) == instance,
+               'write': incoming.get(name) == instance,
+               'zero': owners.get(name) in (instance, stream.ZEROED)}[use]
+    if not allowed:
+        raise HelperError(EXIT_DENIED, 'this host did not give namespace %s '
+                          'to instance %s%s (it records %s)' % (
+                              name, instance,
+                              ' for its move here' if use == 'write' else '',
+                              owners.get(name, 'no owner')))
+    ns = namespaces[name]
     if length is None:
         length = ns['size'] - offset
     if offset < 0 or length < 0 or offset + length > ns['size']:
         raise HelperError(EXIT_USAGE, 'range %d+%d is outside %s (%d bytes)'
-                          % (offset, length, device, ns['size']))
-    return ns, length
+                          % (offset, length, name, ns['size']))
+    return ns['path'], ns, length
 
 
 # -- exclusion ---------------------------------------------------------------
@@ -659,7 +732,7 @@ def _send_chunk(out_fd, pos, view, zero, digest, record, recorded):
     _write_all(out_fd, view)
 
 
-def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
+def send(name, offset, length, chunk, digest, rate, out_fd=1, live=False,
          record_fd=None, stop_after=0):
     """Send a range of a namespace as a framed stream.
 
@@ -671,7 +744,7 @@ def send(device, offset, length, chunk, digest, rate, out_fd=1, live=False,
     :param stop_after: end the stream early, at a chunk boundary, after this
         many seconds (0: never); only a ``--precopy`` receiver accepts that.
     """
-    ns, length = _check_device(device, offset, length)
+    device, ns, length = _check_namespace(name, offset, length, 'read')
     record = (_read_record(record_fd, offset, length, chunk)
               if record_fd is not None else None)
     _prepare_pipe(out_fd)
@@ -721,7 +794,7 @@ def _print_record(out, pos, view, digest):
                                        fast_hex))
 
 
-def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
+def receive(name, offset, length, in_fd=0, out=None, source_offset=None,
             precopy=False):
     """Write a framed stream into a range of a namespace.
 
@@ -733,25 +806,25 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
     out = out or sys.stdout
     if source_offset is None:
         source_offset = offset
-    ns, length = _check_device(device, offset, length)
+    device, ns, length = _check_namespace(name, offset, length, 'write')
     _prepare_pipe(in_fd)
     hdr = bytearray(len(stream.MAGIC) + stream.STREAM_HDR.size)
     if _read_exact(in_fd, memoryview(hdr)) < len(hdr):
         raise HelperError(EXIT_TRUNCATED, 'stream truncated before its header')
     if hdr[:len(stream.MAGIC)] != stream.MAGIC:
         raise HelperError(EXIT_PROTOCOL, 'not a nova-vpmem-copy stream')
-    name, same_name, s_offset, s_length, chunk = stream.STREAM_HDR.unpack_from(
-        hdr, len(stream.MAGIC))
-    digest = name.rstrip(b'\0').decode('ascii', 'replace')
+    digest_name, same_name, s_offset, s_length, chunk = (
+        stream.STREAM_HDR.unpack_from(hdr, len(stream.MAGIC)))
+    digest = digest_name.rstrip(b'\0').decode('ascii', 'replace')
     same_digest = same_name.rstrip(b'\0').decode('ascii', 'replace')
     if (s_offset, s_length) != (source_offset, length):
         raise HelperError(EXIT_PROTOCOL, 'stream carries range %d+%d, '
                           'expected %d+%d' % (s_offset, s_length,
                                               source_offset, length))
-    for name in (digest, same_digest):
-        if name not in ('none', '') and name not in available_digests():
+    for used in (digest, same_digest):
+        if used not in ('none', '') and used not in available_digests():
             raise HelperError(EXIT_PROTOCOL, 'digest %s is not available on '
-                              'this host' % name)
+                              'this host' % used)
     if not stream.MIN_CHUNK <= chunk <= stream.MAX_CHUNK:
         raise HelperError(EXIT_PROTOCOL, 'bad chunk size %d' % chunk)
     if precopy and digest not in stream.CRYPTO_DIGESTS:
@@ -760,7 +833,7 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
 
     dev = _Mapping(device, offset, length, ns['align'], writable=True)
     zero = bytes(chunk)
-    stats = {'device': device, 'offset': offset, 'length': length,
+    stats = {'namespace': name, 'offset': offset, 'length': length,
              'digest': digest, 'same_digest': same_digest,
              'data_bytes': 0, 'zero_bytes': 0,
              'zero_filled_bytes': 0, 'same_bytes': 0, 'stale': []}
@@ -833,9 +906,9 @@ def receive(device, offset, length, in_fd=0, out=None, source_offset=None,
     out.flush()
 
 
-def zero(device, out=None, offset=0, length=None):
+def zero(name, out=None, offset=0, length=None):
     out = out or sys.stdout
-    ns, length = _check_device(device, offset, length)
+    device, ns, length = _check_namespace(name, offset, length, 'zero')
     dev = _Mapping(device, offset, length, ns['align'], writable=True,
                    stop_helpers=True)
     chunk = stream.DEFAULT_CHUNK
@@ -851,21 +924,26 @@ def zero(device, out=None, offset=0, length=None):
     finally:
         dev.close()
     out.write('done %s\n' % json.dumps(  # noqa: N324
-        {'device': device, 'offset': offset, 'length': length,
+        {'namespace': name, 'offset': offset, 'length': length,
          'zero_filled_bytes': filled}))
     out.flush()
 
 
-def check(devices, lengths, out=None, allow_in_use=False):
+def check(names, lengths, out=None, sources=False):
+    """Check namespaces for a copy, as its senders or receivers will.
+
+    :param sources: the namespaces are the copy's sources, which the
+        instance's guest may still map
+    """
     out = out or sys.stdout
-    if len(devices) != len(lengths):
-        raise HelperError(EXIT_USAGE, 'give one --length per --device')
-    for device, length in zip(devices, lengths):
-        _check_device(device, 0, length)
-        # As the copy will: read-only for the sources of a running guest.
-        fd = os.open(device, os.O_RDONLY if allow_in_use else os.O_RDWR)
+    if len(names) != len(lengths):
+        raise HelperError(EXIT_USAGE, 'give one --length per --namespace')
+    for name, length in zip(names, lengths):
+        device, _ns, length = _check_namespace(
+            name, 0, length, 'read' if sources else 'write')
+        fd = os.open(device, os.O_RDONLY if sources else os.O_RDWR)
         try:
-            if not allow_in_use:
+            if not sources:
                 if not _lock(fd, True, 0, length):
                     raise HelperError(EXIT_DENIED, '%s is locked by another '
                                       'nova-vpmem-copy' % device)
@@ -894,7 +972,7 @@ def gate_argv(command, runner):
     # runner replaces them.
     start = next((i for i, word in enumerate(words)
                   if word in GATE_COMMANDS or word == 'send' or
-                  word.startswith('--config-')), None)
+                  word.startswith(('--config-', '--instance'))), None)
     parsed = None
     if start is not None:
         try:
@@ -903,10 +981,17 @@ def gate_argv(command, runner):
             raise HelperError(EXIT_USAGE, 'invalid arguments in %r' %
                               command)
     if (parsed is None or parsed.command not in GATE_COMMANDS or
-            getattr(parsed, 'allow_in_use', False)):
+            getattr(parsed, 'sources', False)):
         raise HelperError(EXIT_DENIED, 'this key only runs nova-vpmem-copy '
                           '%s, not %r' % ('/'.join(GATE_COMMANDS), command))
     return list(runner) + words[start:]
+
+
+def _is_uuid(value):
+    try:
+        return str(uuid.UUID(value)) == value
+    except (TypeError, ValueError):
+        return False
 
 
 def _parser():
@@ -920,10 +1005,14 @@ def _parser():
     parser.add_argument('--config-dir', action='append', default=[],
                         help="nova-compute's configuration directory "
                              '(repeatable; default: %s)' % NOVA_CONFIG_DIR)
+    parser.add_argument('--instance',
+                        help='UUID of the instance to act for: only the '
+                             'namespaces that nova-compute recorded as its '
+                             'are touched')
     sub = parser.add_subparsers(dest='command', required=True)
     for name in ('send', 'receive'):
         cmd = sub.add_parser(name)
-        cmd.add_argument('--device', required=True)
+        cmd.add_argument('--namespace', required=True)
         cmd.add_argument('--offset', type=int, default=0)
         cmd.add_argument('--length', type=int, required=True)
     sub.choices['receive'].add_argument(
@@ -950,14 +1039,16 @@ def _parser():
                           help='end the stream early after this many '
                                'seconds (for a --precopy receiver)')
     zero_cmd = sub.add_parser('zero')
-    zero_cmd.add_argument('--device', required=True)
+    zero_cmd.add_argument('--namespace', required=True)
     zero_cmd.add_argument('--offset', type=int, default=0)
     zero_cmd.add_argument('--length', type=int,
                           help='bytes to zero (default: to the end)')
     check_cmd = sub.add_parser('check')
-    check_cmd.add_argument('--device', action='append', default=[])
+    check_cmd.add_argument('--namespace', action='append', default=[])
     check_cmd.add_argument('--length', type=int, action='append', default=[])
-    check_cmd.add_argument('--allow-in-use', action='store_true')
+    check_cmd.add_argument('--sources', action='store_true',
+                           help="the copy's sources, which the instance's "
+                                'guest may still map')
     gate_cmd = sub.add_parser(
         'ssh-gate', help='the forced command of the copy\'s ssh key: run '
         'the client\'s receive, zero or check with RUNNER, refuse the rest')
@@ -969,8 +1060,14 @@ def _parser():
 def main(argv=None):
     args = _parser().parse_args(argv)
     os.environ['PATH'] = SAFE_PATH
-    _config.update(files=args.config_file, directories=args.config_dir)
+    _config.update(files=args.config_file, directories=args.config_dir,
+                   instance=args.instance)
+    _nova_config.cache_clear()
     try:
+        if args.command != 'ssh-gate' and not _is_uuid(args.instance):
+            raise HelperError(EXIT_USAGE, '--instance must be the UUID of '
+                              'the instance to act for, not %r' %
+                              args.instance)
         if args.command == 'ssh-gate':
             if not args.runner:
                 raise HelperError(EXIT_USAGE, 'ssh-gate needs the command '
@@ -983,19 +1080,18 @@ def main(argv=None):
                 raise HelperError(EXIT_USAGE, 'the chunk size must be %d to '
                                   '%d bytes' % (stream.MIN_CHUNK,
                                                 stream.MAX_CHUNK))
-            send(args.device, args.offset, args.length, args.chunk_size,
+            send(args.namespace, args.offset, args.length, args.chunk_size,
                  args.digest, args.rate, live=args.live,
                  record_fd=0 if args.with_record else None,
                  stop_after=args.stop_after)
         elif args.command == 'receive':
-            receive(args.device, args.offset, args.length,
+            receive(args.namespace, args.offset, args.length,
                     source_offset=args.source_offset,
                     precopy=args.precopy)
         elif args.command == 'check':
-            check(args.device, args.length,
-                  allow_in_use=args.allow_in_use)
+            check(args.namespace, args.length, sources=args.sources)
         else:
-            zero(args.device, offset=args.offset, length=args.length)
+            zero(args.namespace, offset=args.offset, length=args.length)
     except HelperError as e:
         sys.stderr.write('nova-vpmem-copy %s: %s\n' % (args.command, e))
         return e.code

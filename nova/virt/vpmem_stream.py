@@ -10,14 +10,17 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The stream format of the vPMEM copy.
+"""The formats the vPMEM copy shares between nova-compute and its helper.
 
-Shared by the root helper (``nova.cmd.vpmem_copy``), which writes and reads
-the stream, and the copy engine (``nova.virt.libvirt.vpmem_copy``), which
-builds the record of a pre-copy. The helper runs as root and imports this
-module, so it depends on the standard library only.
+The stream format is shared by the root helper (``nova.cmd.vpmem_copy``),
+which writes and reads the stream, and the copy engine
+(``nova.virt.libvirt.vpmem_copy``), which builds the record of a pre-copy.
+The owners file is written by nova-compute (``nova.virt.libvirt.
+vpmem_owners``) and read by the helper. The helper runs as root and imports
+this module, so it depends on the standard library only.
 """
 
+import json
 import struct
 
 # The stream starts with MAGIC and STREAM_HDR: the digest of DATA records,
@@ -27,7 +30,7 @@ import struct
 # bytes. SAME records carry only the digest of a chunk the destination
 # already holds. END carries the number of bytes covered in ``offset`` and
 # the number of chunk records in ``length``.
-PROTOCOL = 2
+PROTOCOL = 3
 MAGIC = b'NVPMCP%d\n' % PROTOCOL
 STREAM_HDR = struct.Struct('<16s16sQQI')
 DIGEST_SIZE = 32
@@ -50,3 +53,34 @@ MAX_CHUNK = 64 * 1024 * 1024
 # chunks with the same digest must not be craftable: 256-bit cryptographic
 # digests only.
 CRYPTO_DIGESTS = ('blake3', 'sha256', 'blake2b')
+
+# The owners file of a host, OWNERS_FILE % [DEFAULT] host in [DEFAULT]
+# state_path: {"owners": {NAME: OWNER}, "incoming": {NAME: UUID}}. OWNER,
+# whose data the namespace may hold, is an instance UUID or ZEROED.
+# "incoming" holds the namespaces this host gave to an instance that moves
+# here, until it runs here: the only ones a copy may write. The first
+# format of the file was the "owners" mapping alone.
+OWNERS_FILE = 'vpmem-owners-%s.json'
+ZEROED = 'zeroed'
+# A few KiB on any real host; the helper reads no more than this.
+MAX_OWNERS_FILE_SIZE = 1024 * 1024
+
+
+def parse_owners(text):
+    """Return the (owners, incoming) mappings of an owners file's text.
+
+    :raises: ValueError if the text is not an owners file
+    """
+    data = json.loads(text)  # noqa: N324 the helper imports no oslo
+    if isinstance(data, dict) and not (
+            set(data) <= {'owners', 'incoming'} and
+            isinstance(data.get('owners'), dict)):
+        data = {'owners': data}
+    if not isinstance(data, dict):
+        raise ValueError('an owners file holds a JSON object')
+    mappings = data.get('owners'), data.get('incoming', {})
+    for mapping in mappings:
+        if not (isinstance(mapping, dict) and
+                all(isinstance(v, str) for v in mapping.values())):
+            raise ValueError('an owners file maps names to strings')
+    return mappings

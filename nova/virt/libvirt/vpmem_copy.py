@@ -15,17 +15,22 @@
 The driver checks both hosts with :func:`check_namespaces`, then copies
 with :func:`copy_namespaces`, optionally after a first pass with
 :func:`precopy_namespaces` while the guest still runs. They take plain
-values (device paths, sizes, a host name and options) and runs, for
-each aligned byte range of each namespace, the pipeline::
+values (namespace names, sizes, the instance, a host name and options)
+and run, for each aligned byte range of each namespace, the pipeline::
 
-    sudo -n nova-vpmem-copy send --device SRC --offset O --length L |
+    sudo -n nova-vpmem-copy --instance UUID send --namespace SRC \\
+            --offset O --length L |
         ssh -c aes128-gcm@openssh.com HOST \\
-            sudo -n nova-vpmem-copy receive --device DST --offset O --length L
+            sudo -n nova-vpmem-copy --instance UUID receive --namespace DST \\
+                --offset O --length L
 
 or the same without ssh when source and destination are the same host.
-The privileged reading, writing and verification happens in the root helper
-(``nova.cmd.vpmem_copy``); this module runs as the nova user, builds every
-command as an argv list, and quotes the remote command for ssh.
+Each host's helper finds the device of a namespace name itself, and
+touches only the namespaces its host recorded as the instance's
+(``nova.virt.libvirt.vpmem_owners``). The privileged reading, writing and
+verification happens in the root helper (``nova.cmd.vpmem_copy``); this
+module runs as the nova user, builds every command as an argv list, and
+quotes the remote command for ssh.
 
 The framed stream of the helper is used rather than plain daxio because
 daxio exits 0 on a short input stream (a dropped ssh connection or a SIGBUS
@@ -88,11 +93,15 @@ SERVER_ALIVE_COUNT = 3
 # SIGKILL) before it is killed.
 KILL_GRACE = 5
 
-# What may appear in a host name (including IPv6 literals) and in a device
-# path that is passed to the remote side. Everything is quoted anyway; this
-# refuses option-like and surprising values early.
+# What may appear in a host name (including IPv6 literals), a namespace
+# name and a file path that is passed to the remote side or ssh. Everything
+# is quoted anyway; this refuses option-like and surprising values early.
 _HOST_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._:%-]*$')
+_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._+-]*$')
 _PATH_RE = re.compile(r'^/[A-Za-z0-9._/+-]+$')
+# The helper takes an instance UUID in its canonical form only.
+_UUID_RE = re.compile(r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-'
+                      r'[0-9a-f]{12}')
 _CIPHER_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9.@_+-]*$')
 
 
@@ -100,6 +109,8 @@ class NamespacePair(collections.namedtuple(
         'NamespacePair', ['source', 'dest', 'size', 'dest_size',
                           'label_size'], defaults=(None, 0))):
     """Copy namespace ``source`` (``size`` bytes) to namespace ``dest``.
+
+    Both are namespace names (``[libvirt] pmem_namespaces``) on their host.
 
     The guest sees each namespace as an NVDIMM whose last ``label_size``
     bytes are its label area (QEMU keeps the labels at the end of the
@@ -171,20 +182,26 @@ class Record(object):
 
 
 def _check_host(host):
-    if not _HOST_RE.match(host):
+    if not _HOST_RE.fullmatch(host):
         raise ValueError(_('Invalid host name %r') % host)
     return host
 
 
 def _check_path(path):
-    if (not _PATH_RE.match(path) or os.path.normpath(path) != path):
-        raise ValueError(_('Invalid device path %r') % path)
+    if (not _PATH_RE.fullmatch(path) or os.path.normpath(path) != path):
+        raise ValueError(_('Invalid path %r') % path)
     return path
 
 
+def _check_name(name):
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(_('Invalid namespace name %r') % name)
+    return name
+
+
 def _check_pair(pair):
-    _check_path(pair.source)
-    _check_path(pair.dest)
+    _check_name(pair.source)
+    _check_name(pair.dest)
     if pair.size <= 0 or not 0 <= pair.label_size < pair.size:
         raise ValueError(_('Invalid size %(size)r or label size %(label)r') %
                          {'size': pair.size, 'label': pair.label_size})
@@ -211,10 +228,14 @@ class _Transport(object):
     """Builds the argv of helper calls, locally or on a host over ssh."""
 
     def __init__(self, host, helper, root_helper, cipher, ssh_args,
-                 known_hosts=None):
+                 known_hosts, instance):
         self.host = _check_host(host) if host else None
-        self.helper = list(root_helper) + list(helper)
-        if not _CIPHER_RE.match(cipher):
+        if not isinstance(instance, str) or not _UUID_RE.fullmatch(instance):
+            raise ValueError(_('Invalid instance UUID %r') % instance)
+        # Every helper call acts for the instance, on its namespaces only.
+        self.helper = list(root_helper) + list(helper) + [
+            '--instance', instance]
+        if not _CIPHER_RE.fullmatch(cipher):
             raise ValueError(_('Invalid ssh cipher %r') % cipher)
         self.cipher = cipher
         # The first value ssh obtains for an option wins, so these beat any
@@ -281,7 +302,7 @@ class _Stream(object):
         :param precopy: the stream is the first pass of a pre-copy
         """
         recv = transport.remote(
-            'receive', '--device', self.pair.dest, '--offset',
+            'receive', '--namespace', self.pair.dest, '--offset',
             self.dest_offset, '--length', self.length,
             *([] if self.dest_offset == self.offset else
               ['--source-offset', self.offset]),
@@ -322,7 +343,7 @@ class _Stream(object):
         if stop_after is not None:
             options += ['--live', '--stop-after', '%.3f' % stop_after]
         send = transport.local(
-            'send', '--device', self.pair.source, '--offset', self.offset,
+            'send', '--namespace', self.pair.source, '--offset', self.offset,
             '--length', self.length, '--chunk-size', chunk_size,
             '--rate', rate, *(['--digest', digest] if digest else []),
             *options)
@@ -464,7 +485,7 @@ def _run_helper(cmd, timeout):
 def check_namespaces(pairs, host=None, verify=True, cipher=DEFAULT_CIPHER,
                      helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
                      ssh_args=(), known_hosts=None, timeout=60,
-                     precopy=False):
+                     precopy=False, *, instance):
     """Check both ends of a copy before the instance is powered off.
 
     Runs the helper's ``check`` on this host for the sources and on
@@ -483,14 +504,14 @@ def check_namespaces(pairs, host=None, verify=True, cipher=DEFAULT_CIPHER,
     for pair in pairs:
         _check_pair(pair)
     transport = _Transport(host, helper, root_helper, cipher, ssh_args,
-                           known_hosts)
+                           known_hosts, instance)
     sources, dests = [], []
     for pair in pairs:
-        sources += ['--device', pair.source, '--length', pair.size]
-        dests += ['--device', pair.dest, '--length',
+        sources += ['--namespace', pair.source, '--length', pair.size]
+        dests += ['--namespace', pair.dest, '--length',
                   pair.dest_size or pair.size]
-    # The guest still runs and maps its source namespaces.
-    ours = _ask(transport.local('check', '--allow-in-use', *sources),
+    # The guest may still run and map its source namespaces.
+    ours = _ask(transport.local('check', '--sources', *sources),
                 'localhost', timeout)
     theirs = _ask(transport.remote('check', *dests), host or 'localhost',
                   timeout)
@@ -530,28 +551,30 @@ def _ask(cmd, where, timeout):
     return answer
 
 
-def zero_namespaces(devices, host=None, cipher=DEFAULT_CIPHER,
+def zero_namespaces(names, host=None, cipher=DEFAULT_CIPHER,
                     helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
-                    ssh_args=(), known_hosts=None, timeout=600):
+                    ssh_args=(), known_hosts=None, timeout=600, *, instance):
     """Zero namespaces on ``host`` (None: this host) with the root helper.
 
     Used to wipe destination namespaces when a migration fails after their
     data was copied. Each namespace gets ``timeout`` seconds.
 
-    :returns: the devices that could not be zeroed (errors are logged).
+    :param names: namespace names; the helper zeroes only those its host
+        recorded as the instance's, or as zeroed.
+    :returns: the names that could not be zeroed (errors are logged).
     """
-    for dev in devices:
-        _check_path(dev)
+    for name in names:
+        _check_name(name)
     transport = _Transport(host, helper, root_helper, cipher, ssh_args,
-                           known_hosts)
+                           known_hosts, instance)
     dirty = []
-    for dev in devices:
+    for name in names:
         rc, _out, err = _run_helper(
-            transport.remote('zero', '--device', dev), timeout)
+            transport.remote('zero', '--namespace', name), timeout)
         if rc != 0:
-            LOG.error('Could not zero vPMEM namespace %(dev)s after a failed '
-                      'copy: %(err)s', {'dev': dev, 'err': err})
-            dirty.append(dev)
+            LOG.error('Could not zero vPMEM namespace %(name)s: %(err)s',
+                      {'name': name, 'err': err})
+            dirty.append(name)
     return dirty
 
 
@@ -566,11 +589,11 @@ def _zero_gaps(pairs, transport, deadline):
         offset, length = pair.gap()
         timeout = max(1, deadline - time.monotonic()) if deadline else None
         rc, _out, err = _run_helper(
-            transport.remote('zero', '--device', pair.dest, '--offset',
+            transport.remote('zero', '--namespace', pair.dest, '--offset',
                              offset, '--length', length), timeout)
         if rc != 0:
-            return pair, _('zeroing %(dev)s between the data and the label '
-                           'area failed: %(err)s') % {'dev': pair.dest,
+            return pair, _('zeroing %(name)s between the data and the label '
+                           'area failed: %(err)s') % {'name': pair.dest,
                                                       'err': err}
     return None
 
@@ -597,14 +620,14 @@ class PreparedCopy(object):
 def prepare_copy(pairs, host=None, streams=2, cipher=DEFAULT_CIPHER,
                  helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
                  ssh_args=(), chunk_size=CHUNK_SIZE, on_execute=None,
-                 known_hosts=None):
+                 known_hosts=None, *, instance):
     """Start the receivers of the first streams of a copy.
 
     Takes the arguments of :func:`copy_namespaces` that shape the streams;
     give the result to it as ``prepared``, or cancel it.
     """
     transport = _Transport(host, helper, root_helper, cipher, ssh_args,
-                           known_hosts)
+                           known_hosts, instance)
     for pair in pairs:
         _check_pair(pair)
     streams = max(1, int(streams))
@@ -623,7 +646,7 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
                     helper=('nova-vpmem-copy',), root_helper=('sudo', '-n'),
                     ssh_args=(), chunk_size=CHUNK_SIZE, progress=None,
                     on_execute=None, on_completion=None, digest=None,
-                    known_hosts=None, record=None, prepared=None):
+                    known_hosts=None, record=None, prepared=None, *, instance):
     """Copy the content of vPMEM namespaces, verified, to ``host``.
 
     :param pairs: list of :class:`NamespacePair`; each destination must be
@@ -643,6 +666,9 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
     :param helper: argv of the root helper (``nova-vpmem-copy``).
     :param root_helper: argv prefix that runs the helper as root.
     :param ssh_args: extra ssh arguments (e.g. ``-F`` config), used in tests.
+    :param instance: UUID of the instance whose data is copied: each
+        host's helper touches only the namespaces that its host recorded as
+        this instance's (the destination's: given to it for this move).
     :param known_hosts: known_hosts file that pins the destination's host
         key, None for ssh's usual files; host keys are always checked.
     :param progress: callable(bytes_copied, bytes_total).
@@ -660,7 +686,7 @@ def copy_namespaces(pairs, host=None, streams=2, verify=True,
         instance runs again.
     """
     transport = _Transport(host, helper, root_helper, cipher, ssh_args,
-                           known_hosts)
+                           known_hosts, instance)
     for pair in pairs:
         _check_pair(pair)
     streams = max(1, int(streams))
@@ -701,7 +727,7 @@ def precopy_namespaces(pairs, digest, host=None, streams=2, bandwidth=0,
                        helper=('nova-vpmem-copy',),
                        root_helper=('sudo', '-n'), ssh_args=(),
                        chunk_size=CHUNK_SIZE, progress=None, on_execute=None,
-                       on_completion=None, known_hosts=None):
+                       on_completion=None, known_hosts=None, *, instance):
     """Copy vPMEM namespaces while the guest runs: a pre-copy's first pass.
 
     The source helper reads each namespace although the guest maps it (its
@@ -724,7 +750,7 @@ def precopy_namespaces(pairs, digest, host=None, streams=2, bandwidth=0,
         raise ValueError(_('A pre-copy needs one of the digests %s') %
                          ', '.join(CRYPTO_DIGESTS))
     transport = _Transport(host, helper, root_helper, cipher, ssh_args,
-                           known_hosts)
+                           known_hosts, instance)
     for pair in pairs:
         _check_pair(pair)
     streams = max(1, int(streams))

@@ -25,7 +25,10 @@ libvirt driver makes about a namespace of this host is made here:
   stopped the zeroing on release: a failed or crashed move, a deleted
   server whose copy never finished, an unreachable host;
 * the record of whose data each namespace may hold, which every zeroing
-  updates (``zero``), whichever tool zeroed.
+  updates (``zero``), whichever tool zeroed;
+* which namespaces were given to an instance that moves here
+  (``take(incoming=True)``): the only ones the vPMEM copy's root helper
+  may write, which it reads from this record.
 
 A namespace with no record (a host upgraded from a release without this
 record, or a namespace added later) may hold anything and is zeroed before
@@ -33,11 +36,13 @@ its first use.
 
 The record is a small JSON file, ``vpmem-owners-<host>.json`` in
 ``[DEFAULT] state_path``, next to nova-compute's other host-local state
-(``compute_id``). It is rewritten atomically on every change, so it
-survives a crash of nova-compute or of the host.
+(``compute_id``); its format is in ``nova.virt.vpmem_stream``. It is
+rewritten atomically on every change, so it survives a crash of
+nova-compute or of the host.
 """
 
 import contextlib
+import functools
 import os
 import tempfile
 import threading
@@ -47,9 +52,10 @@ from oslo_serialization import jsonutils
 
 from nova import exception
 import nova.privsep.libvirt
+from nova.virt import vpmem_stream
 
 LOG = logging.getLogger(__name__)
-ZEROED = 'zeroed'
+ZEROED = vpmem_stream.ZEROED
 
 
 class NamespaceOwners(object):
@@ -65,6 +71,7 @@ class NamespaceOwners(object):
         self._directory = directory
         self.host = host
         self._owners = None
+        self._incoming: dict[str, str] = {}
         self._lock = threading.Lock()
         # Held by take() and release_unheld() from their decision to the
         # end of their zeroing, so that the periodic release never zeroes a
@@ -80,16 +87,17 @@ class NamespaceOwners(object):
 
     @property
     def path(self):
-        return os.path.join(self._directory, 'vpmem-owners-%s.json' %
-                            self.host)
+        return os.path.join(self._directory,
+                            vpmem_stream.OWNERS_FILE % self.host)
 
     def _load(self):
         if self._owners is None:
             try:
                 with open(self.path, 'rb') as f:
-                    self._owners = jsonutils.load(f)
+                    self._owners, self._incoming = vpmem_stream.parse_owners(
+                        f.read())
             except FileNotFoundError:
-                self._owners = {}
+                self._owners, self._incoming = {}, {}
         return self._owners
 
     def owned_by(self, owner):
@@ -106,20 +114,35 @@ class NamespaceOwners(object):
         with self._lock:
             return self._load().get(name)
 
-    def set(self, names, owner):
+    def incoming(self, name):
+        """Return the instance moving here that was given ``name``, or None.
+        """
+        with self._lock:
+            self._load()
+            return self._incoming.get(name)
+
+    def set(self, names, owner, incoming=False):
         """Record that namespaces ``names`` hold ``owner``'s data.
 
         :param names: namespace names
         :param owner: an instance UUID, or ``ZEROED``
+        :param incoming: the instance moves here, and the vPMEM copy may
+            write the namespaces until the next change of their record
         """
         with self._lock:
             owners = dict(self._load())
             owners.update((name, owner) for name in names)
+            moving = dict(self._incoming)
+            for name in names:
+                if incoming:
+                    moving[name] = owner
+                else:
+                    moving.pop(name, None)
             self.generation += 1
             self._changed.update((name, self.generation) for name in names)
-            if owners != self._owners:
-                self._write(owners)
-                self._owners = owners
+            if (owners, moving) != (self._owners, self._incoming):
+                self._write(owners, moving)
+                self._owners, self._incoming = owners, moving
 
     def zero(self, vpmems, tool=None):
         """Zero namespaces of this host and record that they are zeroed.
@@ -127,9 +150,9 @@ class NamespaceOwners(object):
         This is the only way a namespace of this host is zeroed.
 
         :param vpmems: ``LibvirtVPMEMDevice`` objects of this host
-        :param tool: callable(devpaths) that zeroes the namespaces and
-            returns the device paths it could not zero; by default, and when
-            the tool cannot run at all, each one is zeroed with daxio
+        :param tool: callable(vpmems) that zeroes the namespaces and
+            returns the names of those it could not zero; by default, and
+            when the tool cannot run at all, each one is zeroed with daxio
             through privsep
         :raises: VPMEMCleanupFailed if a namespace was not zeroed; those
             zeroed before it are recorded as zeroed
@@ -139,11 +162,11 @@ class NamespaceOwners(object):
             return
         if tool is not None:
             try:
-                dirty = set(tool([v.devpath for v in vpmems]))
+                dirty = set(tool(vpmems))
             except Exception as e:
                 LOG.warning('Zeroing vPMEM namespaces with daxio: %s', e)
             else:
-                self.set([v.name for v in vpmems if v.devpath not in dirty],
+                self.set([v.name for v in vpmems if v.name not in dirty],
                          ZEROED)
                 if dirty:
                     raise exception.VPMEMCleanupFailed(
@@ -196,7 +219,7 @@ class NamespaceOwners(object):
         names = self.owned_by(instance_uuid)
         return [v for v in vpmems_by_name.values() if v.name in names]
 
-    def take(self, instance_uuid, vpmems, empty=False):
+    def take(self, instance_uuid, vpmems, empty=False, incoming=False):
         """Give vPMEM namespaces of this host to an instance.
 
         A namespace is given to an instance only when it is known to be
@@ -207,6 +230,8 @@ class NamespaceOwners(object):
 
         :param empty: the instance must get empty namespaces, so that one
             left with its own data by an earlier failed move is zeroed too
+        :param incoming: the instance moves here: its vPMEM copy may write
+            the namespaces until it runs here (the next take())
         :raises: VPMEMCleanupFailed if a namespace cannot be zeroed
         """
         keep = (ZEROED,) if empty else (ZEROED, instance_uuid)
@@ -224,7 +249,8 @@ class NamespaceOwners(object):
                     dirty.append(vpmem)
             self.zero(dirty)
             if vpmems:
-                self.set([v.name for v in vpmems], instance_uuid)
+                self.set([v.name for v in vpmems], instance_uuid,
+                         incoming=incoming)
 
     def release_unheld(self, holders, since, vpmems_by_name, tool=None):
         """Zero the namespaces whose recorded owner no longer holds them.
@@ -240,7 +266,8 @@ class NamespaceOwners(object):
         :param since: ``generation`` before ``holders`` was listed; a
             namespace given to an instance after it is left alone
         :param vpmems_by_name: every vPMEM namespace of this host
-        :param tool: see zero()
+        :param tool: callable(vpmems, owner) like zero()'s tool, where
+            owner is whose data the namespaces hold
         :returns: the names of the namespaces zeroed
         """
         released = []
@@ -255,7 +282,8 @@ class NamespaceOwners(object):
                          'host.',
                          {'name': name, 'dev': vpmem.devpath, 'owner': owner})
                 try:
-                    self.zero([vpmem], tool=tool)
+                    self.zero([vpmem], tool=tool and functools.partial(
+                        tool, owner=owner))
                 except exception.VPMEMCleanupFailed as e:
                     LOG.error('Could not zero vPMEM namespace %(name)s, '
                               'trying again at the next periodic update: '
@@ -264,13 +292,14 @@ class NamespaceOwners(object):
             released.append(name)
         return released
 
-    def _write(self, owners):
+    def _write(self, owners, incoming):
         os.makedirs(self._directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._directory,
                                    prefix='.vpmem-owners-')
         try:
             with os.fdopen(fd, 'w') as f:
-                jsonutils.dump(owners, f, indent=1, sort_keys=True)
+                jsonutils.dump({'owners': owners, 'incoming': incoming}, f,
+                               indent=1, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)

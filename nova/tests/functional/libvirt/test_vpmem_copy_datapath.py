@@ -17,7 +17,9 @@ ssh ones need root (the loopback sshd logs in as root) and say so when they
 are skipped.
 
 Files stand in for the device-DAX namespaces (the helper's test allow-list
-names them), the root helper runs as the test user without sudo, and the
+names them), a real owners file in the [DEFAULT] state_path of a real nova
+configuration file says which of them the helper may touch for the test's
+instance, the root helper runs as the test user without sudo, and the
 remote side is reached with the real ssh client through a real sshd started
 on a random loopback port with its own host key, its own authorized key and
 a pinned known_hosts file (host key checking stays on).
@@ -34,6 +36,7 @@ import time
 
 import fixtures
 from oslo_serialization import jsonutils
+from oslo_utils.fixture import uuidsentinel as uuids
 import testtools
 
 import nova
@@ -44,11 +47,17 @@ from nova.virt.libvirt import vpmem_copy
 MiB = 1024 * 1024
 SSHD = shutil.which('sshd') or '/usr/sbin/sshd'
 HOST = 'vpmem-dest'
+# nova-compute's [DEFAULT] host of the test's nova.conf, which names the
+# owners file.
+COMPUTE_HOST = 'vpmem-compute'
 NOVA_ROOT = os.path.dirname(os.path.dirname(nova.__file__))
 
 # Test-only entry point of the helper (argv: LISTING MODE ARGS...). There is
-# no PMEM here: the regular files of the JSON list LISTING ([[path, size]])
-# are this host's namespaces, in place of ndctl's device-DAX ones. MODE
+# no PMEM here: the regular files of the JSON LISTING ({name: {"path": path,
+# "size": size, "align": align}}) are this host's namespaces, in place of
+# ndctl's device-DAX ones. The helper reads nova.conf, next to LISTING and
+# the test user's, for the [DEFAULT] state_path and host of the owners file
+# (the real helper reads root's only). MODE
 # breaks a copy the way hardware and networks do: "truncate" (send exits 0
 # after half of its stream, as daxio does on short input), "corrupt" (one
 # byte of send's stream flips), "die-send" (send dies of SIGBUS half-way, as
@@ -58,13 +67,16 @@ _WRAPPER = '''
 import json, os, signal, subprocess, sys
 listing, mode, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 broken = "receive" if mode == "die-receive" else "send"
-if mode == "pass" or args[0] != broken:
+command = [a for a in args if a in ("send", "receive", "zero", "check",
+                                    "ssh-gate")][:1]
+if mode == "pass" or command != [broken]:
     from nova.cmd import vpmem_copy as helper
     with open(listing) as f:
-        files = {path: {"size": size, "align": 4096}
-                 for path, size in json.load(f)}
-    helper.known_namespaces = lambda: files
-    sys.exit(helper.main(args))
+        namespaces = json.load(f)
+    helper.known_namespaces = lambda: namespaces
+    helper.CONFIG_OWNER = os.geteuid()
+    config = os.path.join(os.path.dirname(listing), "nova.conf")
+    sys.exit(helper.main(["--config-file", config] + args))
 cmd = [sys.executable, sys.argv[0], listing, "pass"] + args
 if mode in ("truncate", "corrupt"):
     data = bytearray(subprocess.run(cmd, stdout=subprocess.PIPE).stdout)
@@ -178,28 +190,66 @@ class SSHServerFixture(fixtures.Fixture):
 
 
 class DataPathBase(test.NoDBTestCase):
+    """Copies for instance ``self.instance`` between stand-in namespaces.
+
+    The stand-in of namespace NAME is the file NAME in ``self.tmp``.
+    """
 
     def setUp(self):
         super().setUp()
         self.tmp = self.useFixture(fixtures.TempDir()).path
-        self.sizes = {}
+        self.instance = uuids.instance
+        self.namespaces = {}
+        self.owners, self.incoming = {}, {}
         self.listing = os.path.join(self.tmp, 'namespaces.json')
         self.wrapper = os.path.join(self.tmp, 'helper.py')
         with open(self.wrapper, 'w') as f:
             f.write(_WRAPPER)
+        self.state_path = os.path.join(self.tmp, 'state')
+        os.mkdir(self.state_path)
+        conf = os.path.join(self.tmp, 'nova.conf')
+        with open(conf, 'w') as f:
+            f.write('[DEFAULT]\nstate_path = %s\nhost = %s\n' % (
+                self.state_path, COMPUTE_HOST))
+        os.chmod(conf, 0o600)
 
     def namespace(self, name, size, zero_ranges=(), content=None):
-        """Create a stand-in namespace: random data with zero holes."""
+        """Create a stand-in namespace: random data with zero holes.
+
+        This host's owners file records it as the instance's, and one
+        whose name starts with "dst" as given to the instance for its
+        move here, as nova-compute does for the namespaces of a move.
+
+        :returns: the namespace's name
+        """
         path = os.path.join(self.tmp, name)
         data = bytearray(os.urandom(size) if content is None else content)
         for start, length in zero_ranges:
             data[start:start + length] = bytes(length)
         with open(path, 'wb') as f:
             f.write(data)
-        self.sizes[path] = size
+        self.namespaces[name] = {'path': path, 'size': size, 'align': 4096}
         with open(self.listing, 'w') as f:
-            f.write(jsonutils.dumps(list(self.sizes.items())))
-        return path
+            f.write(jsonutils.dumps(self.namespaces))
+        self.give(name, self.instance,
+                  self.instance if name.startswith('dst') else None)
+        return name
+
+    def give(self, name, owner, incoming=None):
+        """Record whose data namespace ``name`` holds in the owners file.
+
+        :param incoming: the instance it was given to for a move here
+        """
+        self.owners[name] = owner
+        if incoming:
+            self.incoming[name] = incoming
+        else:
+            self.incoming.pop(name, None)
+        path = os.path.join(self.state_path,
+                            'vpmem-owners-%s.json' % COMPUTE_HOST)
+        with open(path, 'w') as f:
+            f.write(jsonutils.dumps({'owners': self.owners,
+                                     'incoming': self.incoming}))
 
     def assert_guest_layout(self, host, size=8 * MiB, label=MiB):
         """Resize onto a dirty, larger namespace: what the guest sees."""
@@ -213,20 +263,22 @@ class DataPathBase(test.NoDBTestCase):
         self.assertEqual(old[size - label:], new[-label:])
         self.assertEqual(bytes(5 * MiB), new[size - label:-label])
 
-    def read(self, path):
-        with open(path, 'rb') as f:
+    def read(self, name):
+        with open(os.path.join(self.tmp, name), 'rb') as f:
             return f.read()
 
     def helper(self, mode='pass'):
         return ['env', 'PYTHONPATH=%s' % NOVA_ROOT, sys.executable,
                 self.wrapper, self.listing, mode]
 
-    def zero(self, devices, host=None):
+    def zero(self, names, host=None):
         return vpmem_copy.zero_namespaces(
-            devices, host=host, helper=self.helper(), root_helper=(),
-            ssh_args=getattr(self, 'ssh_args', []), timeout=60)
+            names, host=host, helper=self.helper(), root_helper=(),
+            ssh_args=getattr(self, 'ssh_args', []), timeout=60,
+            instance=self.instance)
 
     def check(self, pairs, host=None, **kwargs):
+        kwargs.setdefault('instance', self.instance)
         return vpmem_copy.check_namespaces(
             pairs, host=host, helper=self.helper(), root_helper=(),
             ssh_args=kwargs.pop('ssh_args', getattr(self, 'ssh_args', [])),
@@ -234,6 +286,7 @@ class DataPathBase(test.NoDBTestCase):
 
     def copy(self, pairs, host=None, mode='pass', **kwargs):
         kwargs.setdefault('chunk_size', 256 * 1024)
+        kwargs.setdefault('instance', self.instance)
         return vpmem_copy.copy_namespaces(
             pairs, host=host, helper=self.helper(mode), root_helper=(),
             ssh_args=kwargs.pop('ssh_args', getattr(self, 'ssh_args', [])),
@@ -241,6 +294,7 @@ class DataPathBase(test.NoDBTestCase):
 
     def prepare(self, pairs, host=None, **kwargs):
         kwargs.setdefault('chunk_size', 256 * 1024)
+        kwargs.setdefault('instance', self.instance)
         return vpmem_copy.prepare_copy(
             pairs, host=host, helper=self.helper(), root_helper=(),
             ssh_args=kwargs.pop('ssh_args', getattr(self, 'ssh_args', [])),
@@ -278,16 +332,68 @@ class DataPathBase(test.NoDBTestCase):
         self.assertNotIn(None, [r.poll() for r in receivers])
         self.assertEqual(before, self.read(dst))
 
+    def assert_copy_only_into_what_the_move_was_given(self, host):
+        """A copy writes only namespaces given to its instance for its move.
+
+        Nor does it read another instance's, or zero one. Each case has a
+        namespace of its own: the remote receiver of a failed copy may
+        start after the copy gave up, and acts on the records of then.
+        """
+        size = 2 * MiB
+        src = self.namespace('src', size)
+        for i, (owner, incoming) in enumerate((
+                (uuids.other, uuids.other), (uuids.other, None),
+                # The instance's own namespace on this host (a shut-off
+                # server of a reverted resize).
+                (self.instance, None), (self.instance, uuids.other))):
+            dst = self.namespace('dst%d' % i, size)
+            self.give(dst, owner, incoming)
+            before = self.read(dst)
+            pair = vpmem_copy.NamespacePair(src, dst, size)
+            refusal = ('this host did not give namespace %s to instance %s '
+                       'for its move here' % (dst, self.instance))
+            exc = self.assertRaises(exception.VPMEMCopyCheckFailed,
+                                    self.check, [pair], host=host)
+            self.assertIn(refusal, str(exc))
+            for copy in (self.copy, self.precopy):
+                exc = self.assertRaises(exception.VPMEMCopyFailed, copy,
+                                        [pair], host=host)
+                self.assertIn(refusal, str(exc))
+            if owner != self.instance:
+                self.assertEqual([dst], self.zero([dst], host))
+            self.assertEqual(before, self.read(dst), (owner, incoming))
+        # Another instance's source is not read either.
+        self.give(src, uuids.other)
+        dst = self.namespace('dst', size)
+        before = self.read(dst)
+        pair = vpmem_copy.NamespacePair(src, dst, size)
+        refusal = 'this host did not give namespace %s to instance %s' % (
+            src, self.instance)
+        exc = self.assertRaises(exception.VPMEMCopyCheckFailed, self.check,
+                                [pair], host=host)
+        self.assertIn(refusal, str(exc))
+        exc = self.assertRaises(exception.VPMEMCopyFailed, self.copy, [pair],
+                                host=host)
+        self.assertIn(refusal, str(exc))
+        self.assertEqual(before, self.read(dst))
+        # A copy for the instance it was given to goes through.
+        dst = self.namespace('dst5', size)
+        self.give(dst, uuids.other, uuids.other)
+        self.copy([vpmem_copy.NamespacePair(src, dst, size)], host=host,
+                  instance=uuids.other)
+        self.assertEqual(self.read(src), self.read(dst))
+
     def precopy(self, pairs, host=None, mode='pass', **kwargs):
         kwargs.setdefault('chunk_size', 256 * 1024)
         kwargs.setdefault('digest', 'blake2b')
+        kwargs.setdefault('instance', self.instance)
         return vpmem_copy.precopy_namespaces(
             pairs, host=host, helper=self.helper(mode), root_helper=(),
             ssh_args=kwargs.pop('ssh_args', getattr(self, 'ssh_args', [])),
             **kwargs)
 
-    def write(self, path, offset, data):
-        with open(path, 'r+b') as f:
+    def write(self, name, offset, data):
+        with open(os.path.join(self.tmp, name), 'r+b') as f:
             f.seek(offset)
             f.write(data)
 
@@ -320,6 +426,9 @@ class LocalDataPathTestCase(DataPathBase):
     def test_prepared_copy_for_other_streams_is_cancelled(self):
         self.assert_cancelled_copy_writes_nothing(host=None)
 
+    def test_copy_only_into_what_the_move_was_given(self):
+        self.assert_copy_only_into_what_the_move_was_given(host=None)
+
     def test_failure_names_the_destinations_to_zero(self):
         size = 4 * MiB
         src = self.namespace('src', size)
@@ -338,7 +447,8 @@ class LocalDataPathTestCase(DataPathBase):
         size = 16 * MiB
         src = self.namespace('src', size)
         send = subprocess.Popen(
-            self.helper() + ['send', '--device', src, '--length', str(size),
+            self.helper() + ['--instance', self.instance, 'send',
+                             '--namespace', src, '--length', str(size),
                              '--chunk-size', str(MiB), '--rate',
                              str(4 * MiB)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -362,7 +472,7 @@ class LocalDataPathTestCase(DataPathBase):
             exception.VPMEMCopyCheckFailed, self.check,
             [vpmem_copy.NamespacePair(src, dst, MiB, 2 * MiB)])
         self.assertIn('outside', str(exc))
-        with open(dst, 'rb') as f:
+        with open(os.path.join(self.tmp, dst), 'rb') as f:
             user = subprocess.Popen(['sleep', '60'], stdin=f)
         self.addCleanup(user.wait)
         self.addCleanup(user.kill)
@@ -413,7 +523,8 @@ class PreCopyDataPathTestCase(DataPathBase):
     def test_guest_writes_during_the_first_pass_reach_the_destination(self):
         pair = self._pair(size=16 * MiB)
         writer = subprocess.Popen(
-            [sys.executable, '-c', _WRITER, pair.source, str(pair.size)],
+            [sys.executable, '-c', _WRITER, os.path.join(
+                self.tmp, pair.source), str(pair.size)],
             stdout=subprocess.PIPE)
         self.addCleanup(writer.wait)
         self.addCleanup(writer.kill)
@@ -650,6 +761,9 @@ class SSHDataPathTestCase(DataPathBase):
     def test_prepared_copy_for_other_streams_is_cancelled(self):
         self.assert_cancelled_copy_writes_nothing(host=HOST)
 
+    def test_copy_only_into_what_the_move_was_given(self):
+        self.assert_copy_only_into_what_the_move_was_given(host=HOST)
+
     def test_precopy_sends_only_what_changed(self):
         size = 8 * MiB
         src = self.namespace('src', size, [(MiB, MiB)])
@@ -733,9 +847,14 @@ class SSHDataPathTestCase(DataPathBase):
         self.assertEqual([], self.zero([dst], HOST))
         self.assertEqual(bytes(size), self.read(dst))
         # No shell, no other command, no reading a namespace.
-        for command in ((), ('id',), ('cat', src),
-                        tuple(self.helper()) + ('send', '--device', src,
-                                                '--length', str(size))):
+        for command in ((), ('id',), ('cat', os.path.join(self.tmp, src)),
+                        tuple(self.helper()) + (
+                            '--instance', self.instance, 'send',
+                            '--namespace', src, '--length', str(size)),
+                        tuple(self.helper()) + (
+                            '--instance', self.instance, 'check',
+                            '--sources', '--namespace', src, '--length',
+                            str(size))):
             out = self._restricted_ssh(*command)
             self.assertEqual(6, out.returncode, (command, out.stderr))
             self.assertEqual(b'', out.stdout)

@@ -26,9 +26,12 @@ import sys
 from unittest import mock
 
 import fixtures
+from oslo_utils.fixture import uuidsentinel as uuids
 
 from nova.cmd import vpmem_copy as helper
 from nova.tests.unit.cmd import test_vpmem_copy as helper_tests
+
+DEST_NS = helper_tests.DEST_NS
 
 # Map a file and close its descriptor, as a guest's QEMU may do; Python's
 # mmap module would keep a duplicate descriptor open.
@@ -86,7 +89,7 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
 
     def test_device_in_use_is_refused(self):
         user = self._hold_open(self.dst)
-        exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
+        exc = self.assertRaises(helper.HelperError, helper.zero, DEST_NS)
         self.assertEqual(helper.EXIT_DENIED, exc.code)
         self.assertIn('in use by process %d' % user.pid, str(exc))
 
@@ -102,7 +105,7 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
         fd_dir = '/proc/%d/fd' % user.pid
         self.assertNotIn(self.dst, [os.readlink(os.path.join(fd_dir, fd))
                                     for fd in os.listdir(fd_dir)])
-        exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
+        exc = self.assertRaises(helper.HelperError, helper.zero, DEST_NS)
         self.assertIn('in use by process %d' % user.pid, str(exc))
 
     def test_live_send_reads_a_device_in_use(self):
@@ -114,7 +117,8 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
         self._receive(self._send(live=True))
         self.assertEqual(self.data, self._read(self.dst))
         args = helper._parser().parse_args(
-            ['receive', '--device', self.dst, '--length', '1'])
+            ['--instance', uuids.instance, 'receive', '--namespace', DEST_NS,
+             '--length', '1'])
         self.assertFalse(hasattr(args, 'live'))
 
     def _locker(self, *args, ignore_term=False):
@@ -134,7 +138,7 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
     def test_zero_stops_a_helper_still_holding_the_device(self):
         # A receiver left behind by a stopped copy may still write, or hang.
         writer = self._fake_helper()
-        helper.zero(self.dst, out=io.StringIO())
+        helper.zero(DEST_NS, out=io.StringIO())
         self.assertEqual(-signal.SIGTERM, writer.wait(timeout=10))
         self.assertEqual(bytes(self.size), self._read(self.dst))
         stubborn = self._fake_helper(ignore_term=True)
@@ -143,10 +147,23 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
         helper._stop_helpers(fd, 0, self.size, grace=0.3)
         self.assertEqual(-signal.SIGKILL, stubborn.wait(timeout=10))
 
+    def test_zero_of_another_instances_namespace_stops_no_helper(self):
+        # Its copy goes on: the records are checked before anything else.
+        writer = self._fake_helper()
+        self._give({DEST_NS: uuids.other}, {DEST_NS: uuids.other})
+        before = self._read(self.dst)
+        exc = self.assertRaises(helper.HelperError, helper.zero, DEST_NS,
+                                out=io.StringIO())
+        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        self.assertIn('did not give namespace %s to instance %s' % (
+            DEST_NS, uuids.instance), str(exc))
+        self.assertIsNone(writer.poll())
+        self.assertEqual(before, self._read(self.dst))
+
     def test_zero_leaves_helpers_of_other_ranges_alone(self):
         half = self.size // 2
         other = self._locker('helper', 0, half)
-        helper.zero(self.dst, out=io.StringIO(), offset=half, length=half)
+        helper.zero(DEST_NS, out=io.StringIO(), offset=half, length=half)
         self.assertIsNone(other.poll())
         self.assertEqual(bytes(half), self._read(self.dst)[half:])
 
@@ -165,7 +182,7 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
 
     def test_nova_zeroing_the_device_keeps_helpers_out(self):
         nova = self._locker('nova')
-        for call in (lambda: helper.zero(self.dst, out=io.StringIO()),
+        for call in (lambda: helper.zero(DEST_NS, out=io.StringIO()),
                      lambda: self._receive(self._send())):
             exc = self.assertRaises(helper.HelperError, call)
             self.assertEqual(helper.EXIT_DENIED, exc.code)
@@ -190,18 +207,18 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
         user = self._hold_open(
             self.dst, (sys.executable, '-c', 'import time; time.sleep(60)',
                        'nova-vpmem-copy', 'receive'))
-        exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
+        exc = self.assertRaises(helper.HelperError, helper.zero, DEST_NS)
         self.assertIn('in use by process %d' % user.pid, str(exc))
         self.assertIsNone(user.poll())
 
     def test_check_refuses_busy_namespaces(self):
         user = self._hold_open(self.dst)
         exc = self.assertRaises(helper.HelperError, helper.check,
-                                [self.dst], [1])
+                                [DEST_NS], [1])
         self.assertIn('in use', str(exc))
         user.kill()
         user.wait()
         self._fake_helper()
         exc = self.assertRaises(helper.HelperError, helper.check,
-                                [self.dst], [1])
+                                [DEST_NS], [1])
         self.assertIn('locked by another nova-vpmem-copy', str(exc))

@@ -12,26 +12,40 @@
 
 """Tests for the nova-vpmem-copy root helper, run in-process on files."""
 
+import configparser
 import io
 import itertools
 import os
+import socket
 import stat
 import struct
 from unittest import mock
 
 import fixtures
 from oslo_serialization import jsonutils
+from oslo_utils.fixture import uuidsentinel as uuids
 
+import nova
 from nova.cmd import vpmem_copy as helper
+from nova.conf import netconf
+from nova.conf import paths
 from nova import test
 from nova.virt import vpmem_stream as wire
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
+# The names of the namespaces of HelperTestBase, whose devices are the
+# files 'src' and 'dst': the helper is given names, never paths.
+SOURCE_NS = 'ns0'
+DEST_NS = 'ns1'
 
 
 class HelperTestBase(test.NoDBTestCase):
     """The helper's functions in this process, on files it is told to allow.
+
+    The helper acts for instance ``uuids.instance``; this host's owners
+    file (a real file, read by the helper) records SOURCE_NS as the
+    instance's and DEST_NS as given to it for its move here.
 
     Shared with the functional tests that add other processes.
     """
@@ -46,7 +60,28 @@ class HelperTestBase(test.NoDBTestCase):
         self.data = bytes(data)
         self.src = self._file('src', self.data)
         self.dst = self._file('dst', os.urandom(self.size))
-        self._allow([self.src, self.dst])
+        self._allow({SOURCE_NS: self.src, DEST_NS: self.dst})
+        # main() updates the module's configuration: restored after each
+        # test. No configuration file of this machine is read.
+        self.useFixture(fixtures.MockPatchObject(
+            helper, '_config', {'files': (), 'directories': (),
+                                'instance': uuids.instance}))
+        self.config = configparser.ConfigParser()
+        self.useFixture(fixtures.MockPatchObject(
+            helper, '_nova_config', return_value=self.config))
+        self.owners_path = os.path.join(self.tmp, 'vpmem-owners.json')
+        self.mock_owners_path = self.useFixture(fixtures.MockPatchObject(
+            helper, '_owners_path', return_value=self.owners_path)).mock
+        self._give({SOURCE_NS: uuids.instance, DEST_NS: uuids.instance},
+                   {DEST_NS: uuids.instance})
+
+    def _give(self, owners, incoming=None):
+        """Write this host's owners file, as nova-compute does."""
+        data = {'owners': owners}
+        if incoming is not None:
+            data['incoming'] = incoming
+        with open(self.owners_path, 'w') as f:
+            f.write(jsonutils.dumps(data))
 
     def _file(self, name, content):
         path = os.path.join(self.tmp, name)
@@ -55,10 +90,14 @@ class HelperTestBase(test.NoDBTestCase):
         return path
 
     def _allow(self, paths):
-        """Make regular files the host's namespaces (there is no PMEM)."""
+        """Make regular files the host's namespaces (there is no PMEM).
+
+        :param paths: {namespace name: path of its stand-in file}
+        """
         self.useFixture(fixtures.MockPatchObject(
             helper, 'known_namespaces', return_value={
-                p: {'size': self.size, 'align': 4096} for p in paths}))
+                name: {'path': path, 'size': self.size, 'align': 4096}
+                for name, path in paths.items()}))
 
     def _read(self, path):
         with open(path, 'rb') as f:
@@ -73,7 +112,7 @@ class HelperTestBase(test.NoDBTestCase):
                 record_fd = os.open(self._file('record', record),
                                     os.O_RDONLY)
                 self.addCleanup(os.close, record_fd)
-            helper.send(self.src, offset, length, chunk, digest, 0,
+            helper.send(SOURCE_NS, offset, length, chunk, digest, 0,
                         out_fd=out.fileno(), record_fd=record_fd, **kwargs)
             out.seek(0)
             return out.read()
@@ -83,7 +122,7 @@ class HelperTestBase(test.NoDBTestCase):
         path = self._file('stream-in', stream)
         out = io.StringIO()
         with open(path, 'rb') as f:
-            helper.receive(self.dst, offset, length, in_fd=f.fileno(),
+            helper.receive(DEST_NS, offset, length, in_fd=f.fileno(),
                            out=out, **kwargs)
         return out.getvalue()
 
@@ -176,7 +215,7 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         stream = self._send(offset=0, length=CHUNK)
         path = self._file('stream-in', stream)
         with open(path, 'rb') as f:
-            helper.receive(self.dst, 2 * CHUNK, CHUNK, in_fd=f.fileno(),
+            helper.receive(DEST_NS, 2 * CHUNK, CHUNK, in_fd=f.fileno(),
                            out=io.StringIO(), source_offset=0)
         after = self._read(self.dst)
         self.assertEqual(self.data[:CHUNK], after[2 * CHUNK:3 * CHUNK])
@@ -188,7 +227,7 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         path = self._file('stream-in', stream)
         with open(path, 'rb') as f:
             exc = self.assertRaises(
-                helper.HelperError, helper.receive, self.dst, 2 * CHUNK,
+                helper.HelperError, helper.receive, DEST_NS, 2 * CHUNK,
                 CHUNK, in_fd=f.fileno(), out=io.StringIO(), source_offset=0)
         self.assertEqual(helper.EXIT_PROTOCOL, exc.code)
 
@@ -252,34 +291,40 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
 
     def test_zero(self):
         out = io.StringIO()
-        helper.zero(self.dst, out=out)
+        helper.zero(DEST_NS, out=out)
         self.assertEqual(bytes(self.size), self._read(self.dst))
         self.assertIn('"zero_filled_bytes": %d' % self.size, out.getvalue())
 
     def test_zero_a_range_leaves_the_rest_alone(self):
         before = self._read(self.dst)
-        helper.zero(self.dst, out=io.StringIO(), offset=CHUNK,
+        helper.zero(DEST_NS, out=io.StringIO(), offset=CHUNK,
                     length=2 * CHUNK)
         after = self._read(self.dst)
         self.assertEqual(bytes(2 * CHUNK), after[CHUNK:3 * CHUNK])
         self.assertEqual(before[:CHUNK], after[:CHUNK])
         self.assertEqual(before[3 * CHUNK:], after[3 * CHUNK:])
 
-    def test_unknown_device_is_refused(self):
+    def test_unknown_namespace_is_refused(self):
+        # A name that this host's records give to the instance, but that
+        # is not one of its namespaces; the path of a namespace's device,
+        # which is no namespace name.
+        self._give({'ns9': uuids.instance, DEST_NS: uuids.instance},
+                   {'ns9': uuids.instance, DEST_NS: uuids.instance})
         content = os.urandom(self.size)
         other = self._file('other', content)
-        for call in (lambda: helper.zero(other),
-                     lambda: helper.send(other, 0, CHUNK, CHUNK, 'none', 0),
-                     lambda: helper.receive(other, 0, CHUNK)):
-            exc = self.assertRaises(helper.HelperError, call)
-            self.assertEqual(helper.EXIT_DENIED, exc.code)
+        before = self._read(self.dst)
+        for name in ('ns9', other, self.dst):
+            for call in (lambda: helper.zero(name),
+                         lambda: helper.send(name, 0, CHUNK, CHUNK, 'none',
+                                             0),
+                         lambda: helper.receive(name, 0, CHUNK),
+                         lambda: helper.check([name], [1])):
+                exc = self.assertRaises(helper.HelperError, call)
+                self.assertEqual(helper.EXIT_DENIED, exc.code)
+                self.assertEqual('%s is not a vPMEM namespace of this host'
+                                 % name, str(exc))
         self.assertEqual(content, self._read(other))
-
-    def test_symlink_to_known_device_is_refused(self):
-        link = os.path.join(self.tmp, 'link')
-        os.symlink(self.dst, link)
-        exc = self.assertRaises(helper.HelperError, helper.zero, link)
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        self.assertEqual(before, self._read(self.dst))
 
     def test_first_pass_prints_the_digest_of_each_data_chunk(self):
         digests = self._precopy()
@@ -384,8 +429,8 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         stderr = self.useFixture(fixtures.StringStream('stderr')).stream
         self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
         self.assertEqual(helper.EXIT_USAGE, helper.main(
-            ['send', '--device', self.src, '--length', str(self.size),
-             '--chunk-size', '1']))
+            ['--instance', uuids.instance, 'send', '--namespace', SOURCE_NS,
+             '--length', str(self.size), '--chunk-size', '1']))
         stderr.seek(0)
         self.assertIn('the chunk size must be 4096 to', stderr.read())
 
@@ -430,7 +475,7 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
             return listdir(path)
 
         self.useFixture(fixtures.MockPatch('os.listdir', denied))
-        exc = self.assertRaises(helper.HelperError, helper.zero, self.dst)
+        exc = self.assertRaises(helper.HelperError, helper.zero, DEST_NS)
         self.assertEqual(helper.EXIT_DENIED, exc.code)
         self.assertIn('cannot tell whether process', str(exc))
         self.assertIn('Permission denied', str(exc))
@@ -445,34 +490,58 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
             return listdir(path)
 
         self.useFixture(fixtures.MockPatch('os.listdir', denied))
-        helper.zero(self.dst, out=io.StringIO())
+        helper.zero(DEST_NS, out=io.StringIO())
         self.assertEqual(bytes(self.size), self._read(self.dst))
 
     def test_check_reports_protocol_and_digests(self):
-        out = io.StringIO()
-        helper.check([self.src, self.dst], [self.size, MiB], out=out)
-        self.assertEqual({'protocol': wire.PROTOCOL,
-                          'digests': helper.available_digests()},
-                         jsonutils.loads(out.getvalue()))
+        for names, lengths, sources in (([DEST_NS], [self.size], False),
+                                        ([SOURCE_NS], [MiB], True)):
+            out = io.StringIO()
+            helper.check(names, lengths, out=out, sources=sources)
+            self.assertEqual({'protocol': wire.PROTOCOL,
+                              'digests': helper.available_digests()},
+                             jsonutils.loads(out.getvalue()))
 
     def test_check_opens_each_device_as_the_copy_will(self):
-        with mock.patch('os.open', side_effect=PermissionError(
-                13, 'Permission denied')) as mock_open:
-            self.assertRaises(PermissionError, helper.check, [self.dst],
-                              [1])
-        mock_open.assert_called_once_with(self.dst, os.O_RDWR)
+        # Not about the owners file, which the helper opens too.
+        self.useFixture(fixtures.MockPatchObject(
+            helper, '_owners', return_value=(
+                {SOURCE_NS: uuids.instance, DEST_NS: uuids.instance},
+                {DEST_NS: uuids.instance})))
+        for name, path, flags, sources in (
+                (DEST_NS, self.dst, os.O_RDWR, False),
+                (SOURCE_NS, self.src, os.O_RDONLY, True)):
+            with mock.patch('os.open', side_effect=PermissionError(
+                    13, 'Permission denied')) as mock_open:
+                self.assertRaises(PermissionError, helper.check, [name],
+                                  [1], sources=sources)
+            mock_open.assert_called_once_with(path, flags)
 
     def test_check_refuses_small_or_unknown_namespaces(self):
         exc = self.assertRaises(helper.HelperError, helper.check,
-                                [self.dst], [self.size + 1])
+                                [DEST_NS], [self.size + 1])
         self.assertIn('outside', str(exc))
-        other = self._file('other', bytes(16))
         exc = self.assertRaises(helper.HelperError, helper.check,
-                                [self.src, other], [1, 1])
-        self.assertIn('not a vPMEM namespace', str(exc))
+                                [DEST_NS, 'ns9'], [1, 1])
+        self.assertIn('ns9 is not a vPMEM namespace', str(exc))
+        exc = self.assertRaises(helper.HelperError, helper.check,
+                                [DEST_NS], [1, 1])
+        self.assertIn('give one --length per --namespace', str(exc))
+
+    def test_check_checks_as_the_senders_or_receivers_will(self):
+        # The receivers write only namespaces given to the instance for its
+        # move here, the senders read only the instance's.
+        for names, sources in (([SOURCE_NS], False), ([DEST_NS], True)):
+            self._give({SOURCE_NS: uuids.instance, DEST_NS: uuids.other},
+                       {DEST_NS: uuids.other})
+            exc = self.assertRaises(helper.HelperError, helper.check, names,
+                                    [1], out=io.StringIO(), sources=sources)
+            self.assertEqual(helper.EXIT_DENIED, exc.code)
+            self.assertIn('this host did not give namespace %s to instance '
+                          '%s' % (names[0], uuids.instance), str(exc))
 
     def test_range_outside_namespace_is_refused(self):
-        exc = self.assertRaises(helper.HelperError, helper.send, self.src,
+        exc = self.assertRaises(helper.HelperError, helper.send, SOURCE_NS,
                                 CHUNK, self.size, CHUNK, 'none', 0)
         self.assertEqual(helper.EXIT_USAGE, exc.code)
 
@@ -499,12 +568,245 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         self.useFixture(fixtures.EnvironmentVariable('PATH', '/tmp/evil'))
         stderr = self.useFixture(fixtures.StringStream('stderr')).stream
         self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
-        other = self._file('other', bytes(16))
-        self.assertEqual(helper.EXIT_DENIED,
-                         helper.main(['zero', '--device', other]))
+        self.assertEqual(helper.EXIT_DENIED, helper.main(
+            ['--instance', uuids.instance, 'zero', '--namespace', 'ns9']))
         stderr.seek(0)
-        self.assertIn('not a vPMEM namespace', stderr.read())
+        self.assertIn('nova-vpmem-copy zero: ns9 is not a vPMEM namespace',
+                      stderr.read())
         self.assertEqual(helper.SAFE_PATH, os.environ['PATH'])
+
+
+class BindingTestCase(HelperTestBase):
+    """A run acts for one instance, on the namespaces its host gave it.
+
+    This host's owners file, which nova-compute writes, is read for real.
+    """
+
+    def _done(self, out):
+        """The statistics of a receive's or zero's "done" line."""
+        word, stats = out.splitlines()[-1].split(' ', 1)
+        self.assertEqual('done', word)
+        return jsonutils.loads(stats)
+
+    def _assert_denied(self, call, *args, **kwargs):
+        exc = self.assertRaises(helper.HelperError, call, *args, **kwargs)
+        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        return str(exc)
+
+    def test_send_of_another_instances_namespace_is_refused(self):
+        self._give({SOURCE_NS: uuids.other, DEST_NS: uuids.instance},
+                   {SOURCE_NS: uuids.instance, DEST_NS: uuids.instance})
+        msg = self._assert_denied(self._send)
+        self.assertEqual('this host did not give namespace %s to instance '
+                         '%s (it records %s)' % (
+                             SOURCE_NS, uuids.instance, uuids.other), msg)
+        # Not one byte of it went out.
+        self.assertEqual(0, os.path.getsize(os.path.join(self.tmp,
+                                                         'stream')))
+        self._assert_denied(self._send, live=True)
+        self._assert_denied(helper.check, [SOURCE_NS], [1],
+                            out=io.StringIO(), sources=True)
+
+    def test_receive_of_a_namespace_not_given_for_the_move_is_refused(self):
+        stream = self._send()
+        before = self._read(self.dst)
+        # The instance's namespace on this host, e.g. of a shut-off server
+        # whose resize is being reverted: not given to it for a move here.
+        # Then another instance's, incoming or not.
+        for owners, incoming in (({DEST_NS: uuids.instance}, {}),
+                                 ({DEST_NS: uuids.instance},
+                                  {DEST_NS: uuids.other}),
+                                 ({DEST_NS: uuids.other},
+                                  {DEST_NS: uuids.other}),
+                                 ({DEST_NS: wire.ZEROED}, {}), ({}, {})):
+            self._give(dict(owners, **{SOURCE_NS: uuids.instance}), incoming)
+            msg = self._assert_denied(self._receive, stream)
+            self.assertIn('this host did not give namespace %s to instance '
+                          '%s for its move here' % (DEST_NS, uuids.instance),
+                          msg)
+            self._assert_denied(helper.check, [DEST_NS], [1],
+                                out=io.StringIO())
+        self.assertEqual(before, self._read(self.dst))
+
+    def test_receive_writes_a_namespace_given_for_the_move(self):
+        # As nova-compute records it for an instance moving here.
+        self._give({SOURCE_NS: uuids.instance, DEST_NS: uuids.instance,
+                    'ns9': uuids.other},
+                   {DEST_NS: uuids.instance, 'ns9': uuids.other})
+        self._receive(self._send())
+        self.assertEqual(self.data, self._read(self.dst))
+        helper.check([DEST_NS], [self.size], out=io.StringIO())
+
+    def test_receive_and_zero_report_the_namespace(self):
+        stats = self._done(self._receive(self._send()))
+        self.assertEqual(DEST_NS, stats['namespace'])
+        self.assertNotIn('device', stats)
+        out = io.StringIO()
+        helper.zero(DEST_NS, out=out)
+        self.assertEqual({'namespace': DEST_NS, 'offset': 0,
+                          'length': self.size,
+                          'zero_filled_bytes': self.size},
+                         self._done(out.getvalue()))
+
+    def test_zero_of_another_instances_or_an_unknown_namespace_is_refused(
+            self):
+        before = self._read(self.dst)
+        # Another instance's, with or without a move here; one this host
+        # has no record of, which may hold anything.
+        for owners, incoming, records in (
+                ({DEST_NS: uuids.other}, {}, uuids.other),
+                ({DEST_NS: uuids.other}, {DEST_NS: uuids.instance},
+                 uuids.other),
+                ({}, {}, 'no owner'), ({}, {DEST_NS: uuids.instance},
+                                       'no owner')):
+            self._give(owners, incoming)
+            msg = self._assert_denied(helper.zero, DEST_NS,
+                                      out=io.StringIO(), offset=CHUNK,
+                                      length=CHUNK)
+            self.assertEqual('this host did not give namespace %s to '
+                             'instance %s (it records %s)' % (
+                                 DEST_NS, uuids.instance, records), msg)
+        self.assertEqual(before, self._read(self.dst))
+
+    def test_zero_of_the_instances_or_a_zeroed_namespace(self):
+        for owner in (wire.ZEROED, uuids.instance):
+            self._file('dst', os.urandom(self.size))
+            self._give({DEST_NS: owner})
+            helper.zero(DEST_NS, out=io.StringIO())
+            self.assertEqual(bytes(self.size), self._read(self.dst), owner)
+
+    def test_missing_owners_file_gives_nothing(self):
+        stream = self._send()
+        os.unlink(self.owners_path)
+        self.assertEqual(({}, {}), helper._owners())
+        before = self._read(self.dst)
+        for call in (self._send, lambda: self._receive(stream),
+                     lambda: helper.zero(DEST_NS, out=io.StringIO())):
+            self.assertIn('(it records no owner)', self._assert_denied(call))
+        self.assertEqual(before, self._read(self.dst))
+
+    def test_legacy_owners_file_is_read_as_owners_only(self):
+        # The first format: the owners mapping alone, no moves in it.
+        with open(self.owners_path, 'w') as f:
+            f.write(jsonutils.dumps({SOURCE_NS: uuids.instance,
+                                     DEST_NS: wire.ZEROED}))
+        self.assertEqual(({SOURCE_NS: uuids.instance, DEST_NS: wire.ZEROED},
+                          {}), helper._owners())
+        stream = self._send()
+        self._assert_denied(self._receive, stream)
+        helper.zero(DEST_NS, out=io.StringIO())
+        self.assertEqual(bytes(self.size), self._read(self.dst))
+
+    def _assert_owners_file_refused(self, expected):
+        """Nothing is read, written or zeroed beside a bad owners file."""
+        before = self._read(self.dst)
+        for call in (self._send, lambda: helper.zero(DEST_NS),
+                     lambda: helper.check([DEST_NS], [1])):
+            msg = self._assert_denied(call)
+            self.assertIn(self.owners_path, msg)
+            self.assertIn(expected, msg)
+        self.assertEqual(before, self._read(self.dst))
+        stderr = self.useFixture(fixtures.StringStream('stderr')).stream
+        self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
+        self.assertEqual(helper.EXIT_DENIED, helper.main(
+            ['--instance', uuids.instance, 'zero', '--namespace', DEST_NS]))
+        self.assertEqual(before, self._read(self.dst))
+
+    def test_owners_file_that_is_a_symlink_is_refused(self):
+        # To a file that gives the namespaces to the instance.
+        real = self._file('real-owners.json', open(self.owners_path,
+                                                   'rb').read())
+        os.unlink(self.owners_path)
+        os.symlink(real, self.owners_path)
+        self._assert_owners_file_refused(self.owners_path)
+
+    def test_owners_file_that_is_a_fifo_is_refused(self):
+        # Opened without blocking for a writer that never comes.
+        os.unlink(self.owners_path)
+        os.mkfifo(self.owners_path)
+        self._assert_owners_file_refused('is not a regular file')
+
+    def test_owners_file_that_is_a_directory_is_refused(self):
+        os.unlink(self.owners_path)
+        os.mkdir(self.owners_path)
+        self._assert_owners_file_refused(self.owners_path)
+
+    def test_owners_file_larger_than_its_limit_is_refused(self):
+        text = jsonutils.dumps({'owners': {SOURCE_NS: uuids.instance,
+                                           DEST_NS: uuids.instance},
+                                'incoming': {DEST_NS: uuids.instance}})
+        # Valid JSON, padded to the limit: read.
+        self._file(os.path.basename(self.owners_path),
+                   text.ljust(wire.MAX_OWNERS_FILE_SIZE).encode())
+        self._receive(self._send())
+        # One byte more: refused.
+        self._file(os.path.basename(self.owners_path),
+                   text.ljust(wire.MAX_OWNERS_FILE_SIZE + 1).encode())
+        self._assert_owners_file_refused(
+            'is not an owners file: larger than %d bytes' %
+            wire.MAX_OWNERS_FILE_SIZE)
+
+    def test_owners_file_that_is_not_an_owners_file_is_refused(self):
+        for text in (b'', b'not json', b'\xff\xfe', b'[]', b'"ns0"',
+                     b'{"owners": []}', b'{"owners": null}',
+                     b'{"owners": {"ns0": 1}}',
+                     b'{"owners": {}, "incoming": {"ns1": null}}',
+                     b'{"owners": {}, "incoming": []}', b'{"ns0": 1}'):
+            self._file(os.path.basename(self.owners_path), text)
+            exc = self.assertRaises(helper.HelperError, helper._owners)
+            self.assertEqual(helper.EXIT_DENIED, exc.code, text)
+            self.assertIn('%s is not an owners file' % self.owners_path,
+                          str(exc))
+        self._assert_owners_file_refused('is not an owners file')
+
+    def test_owners_file_of_the_configuration_is_read(self):
+        self.assertEqual(({SOURCE_NS: uuids.instance,
+                           DEST_NS: uuids.instance},
+                          {DEST_NS: uuids.instance}), helper._owners())
+        self.mock_owners_path.assert_called_once_with(self.config)
+
+    def test_main_acts_for_the_instance_it_is_given(self):
+        stdout = self.useFixture(fixtures.StringStream('stdout')).stream
+        self.useFixture(fixtures.MonkeyPatch('sys.stdout', stdout))
+        stderr = self.useFixture(fixtures.StringStream('stderr')).stream
+        self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
+        before = self._read(self.dst)
+        self.assertEqual(helper.EXIT_DENIED, helper.main(
+            ['--instance', uuids.other, 'zero', '--namespace', DEST_NS]))
+        self.assertEqual(before, self._read(self.dst))
+        stderr.seek(0)
+        self.assertIn('nova-vpmem-copy zero: this host did not give '
+                      'namespace %s to instance %s' % (DEST_NS, uuids.other),
+                      stderr.read())
+        self.assertEqual(0, helper.main(
+            ['--instance', uuids.instance, 'zero', '--namespace', DEST_NS]))
+        self.assertEqual(bytes(self.size), self._read(self.dst))
+
+    def test_main_needs_the_uuid_of_an_instance(self):
+        stderr = self.useFixture(fixtures.StringStream('stderr')).stream
+        self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
+        before = self._read(self.dst)
+        known = helper.known_namespaces
+        uuid = uuids.instance
+        for options in ([], ['--instance', ''], ['--instance', 'ns1'],
+                        ['--instance', uuid[:-1]],
+                        ['--instance', uuid.replace('-', '')],
+                        ['--instance', '{%s}' % uuid],
+                        ['--instance', 'urn:uuid:%s' % uuid],
+                        ['--instance', ' %s' % uuid]):
+            for command in (['zero', '--namespace', DEST_NS],
+                            ['check', '--sources', '--namespace', SOURCE_NS,
+                             '--length', '1'],
+                            ['send', '--namespace', SOURCE_NS, '--length',
+                             '1']):
+                self.assertEqual(helper.EXIT_USAGE,
+                                 helper.main(options + command),
+                                 (options, command))
+        known.assert_not_called()
+        self.assertEqual(before, self._read(self.dst))
+        stderr.seek(0)
+        self.assertIn('nova-vpmem-copy zero: --instance must be the UUID of '
+                      'the instance to act for, not None', stderr.read())
 
 
 class AllowListTestCase(test.NoDBTestCase):
@@ -516,6 +818,12 @@ class AllowListTestCase(test.NoDBTestCase):
         # The files of this test are the test user's, not root's.
         self.useFixture(fixtures.MockPatchObject(helper, 'CONFIG_OWNER',
                                                  os.geteuid()))
+        self.useFixture(fixtures.MockPatchObject(
+            helper, '_config', {'files': (), 'directories': (),
+                                'instance': uuids.instance}))
+        # The configuration is read once per run.
+        helper._nova_config.cache_clear()
+        self.addCleanup(helper._nova_config.cache_clear)
 
     def _conf_file(self, name, text):
         path = os.path.join(self.tmp, name)
@@ -534,6 +842,13 @@ class AllowListTestCase(test.NoDBTestCase):
             os.path.join(self.tmp, 'nova.conf.d')))
         return paths
 
+    def _names(self, files=(), directories=()):
+        """The namespace names of a run given these configuration options.
+        """
+        helper._config.update(files=files, directories=directories)
+        helper._nova_config.cache_clear()
+        return helper._nova_namespace_names(helper._nova_config())
+
     def test_config_of_the_command_line_replaces_the_defaults(self):
         # devstack's nova-compute reads /etc/nova/nova-cpu.conf.
         self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
@@ -542,29 +857,38 @@ class AllowListTestCase(test.NoDBTestCase):
         os.mkdir(os.path.join(self.tmp, 'conf.d'))
         self._conf_file('conf.d/10-pmem.conf',
                         '[libvirt]\npmem_namespaces = A:ns1|ns2\n')
-        self.assertEqual({'ns1'},
-                         helper._nova_namespace_names(files=[cpu_conf]))
-        self.assertEqual({'ns1', 'ns2'}, helper._nova_namespace_names(
+        self.assertEqual({'ns0'}, self._names())
+        self.assertEqual({'ns1'}, self._names(files=[cpu_conf]))
+        self.assertEqual({'ns1', 'ns2'}, self._names(
             files=[cpu_conf], directories=[os.path.join(self.tmp, 'conf.d')]))
 
     def test_main_reads_the_config_it_is_given(self):
-        self.useFixture(fixtures.MockPatchObject(
-            helper, '_config', {'files': (), 'directories': ()}))
+        self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
+        cpu_conf = self._conf_file(
+            'nova-cpu.conf', '[libvirt]\npmem_namespaces = A:ns1\n')
+        conf_d = os.path.join(self.tmp, 'd')
+        os.mkdir(conf_d)
+        # The configuration of an earlier run is not reused.
+        self.assertEqual('A:ns0', helper._nova_config().get(
+            'libvirt', 'pmem_namespaces'))
         with mock.patch.object(helper, '_nova_namespace_names',
                                side_effect=helper.HelperError(
                                    helper.EXIT_DENIED, 'no')) as names:
             self.assertEqual(helper.EXIT_DENIED, helper.main(
-                ['--config-file', '/etc/nova/nova-cpu.conf', '--config-dir',
-                 '/etc/nova/d', 'zero', '--device', '/dev/dax0.0']))
-        names.assert_called_once_with(files=['/etc/nova/nova-cpu.conf'],
-                                      directories=['/etc/nova/d'])
+                ['--config-file', cpu_conf, '--config-dir', conf_d,
+                 '--instance', uuids.other, 'zero', '--namespace', 'ns1']))
+        config, = names.call_args[0]
+        self.assertEqual('A:ns1', config.get('libvirt', 'pmem_namespaces'))
+        self.assertEqual({'files': [cpu_conf], 'directories': [conf_d],
+                          'instance': uuids.other}, helper._config)
+        # Read once for the whole run.
+        self.assertIs(config, helper._nova_config())
 
     def test_config_that_another_user_may_write_is_refused(self):
         path, = self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
         for mode in (0o660, 0o646):
             os.chmod(path, mode)
-            exc = self.assertRaises(helper.HelperError,
-                                    helper._nova_namespace_names)
+            exc = self.assertRaises(helper.HelperError, self._names)
             self.assertEqual(helper.EXIT_DENIED, exc.code)
             self.assertIn('%s must be owned by uid' % path, str(exc))
 
@@ -572,33 +896,30 @@ class AllowListTestCase(test.NoDBTestCase):
         self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
         self.useFixture(fixtures.MockPatchObject(helper, 'CONFIG_OWNER',
                                                  os.geteuid() + 1))
-        exc = self.assertRaises(helper.HelperError,
-                                helper._nova_namespace_names)
+        exc = self.assertRaises(helper.HelperError, self._names)
         self.assertEqual(helper.EXIT_DENIED, exc.code)
 
     def test_missing_config_file_that_was_named_is_an_error(self):
         self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
         exc = self.assertRaises(
-            helper.HelperError, helper._nova_namespace_names,
+            helper.HelperError, self._names,
             files=[os.path.join(self.tmp, 'missing.conf')])
         self.assertEqual(helper.EXIT_USAGE, exc.code)
         # The defaults need not all exist.
         self.useFixture(fixtures.MonkeyPatch(
             'nova.cmd.vpmem_copy.NOVA_CONFIG_FILES',
             helper.NOVA_CONFIG_FILES + ('/nonexistent/nova.conf',)))
-        self.assertEqual({'ns0'}, helper._nova_namespace_names())
+        self.assertEqual({'ns0'}, self._names())
 
     def test_nova_namespace_names_from_nova_conf(self):
         self._nova_conf('[libvirt]\npmem_namespaces = 4GB:ns0,X:ns9\n',
                         '[DEFAULT]\ndebug = true\n[libvirt]\n'
                         'pmem_namespaces = 128G:ns0|ns1,SMALL:ns3\n')
-        self.assertEqual({'ns0', 'ns1', 'ns3'},
-                         helper._nova_namespace_names())
+        self.assertEqual({'ns0', 'ns1', 'ns3'}, self._names())
 
     def test_no_pmem_namespaces_in_nova_conf_allows_nothing(self):
         self._nova_conf('[libvirt]\nvirt_type = kvm\n')
-        exc = self.assertRaises(helper.HelperError,
-                                helper._nova_namespace_names)
+        exc = self.assertRaises(helper.HelperError, self._names)
         self.assertEqual(helper.EXIT_DENIED, exc.code)
 
     @mock.patch('shutil.which', return_value='/usr/bin/ndctl')
@@ -621,14 +942,76 @@ class AllowListTestCase(test.NoDBTestCase):
                  'chardev': 'dax3.0', 'align': 2097152, 'name': 'ns3'},
             ]).encode())
         self.assertEqual(
-            {'/dev/dax0.0': {'size': 4225761280, 'align': 2097152},
-             '/dev/dax1.0': {'size': 1073741824, 'align': 1073741824}},
+            {'ns0': {'path': '/dev/dax0.0', 'size': 4225761280,
+                     'align': 2097152},
+             'ns1': {'path': '/dev/dax1.0', 'size': 1073741824,
+                     'align': 1073741824}},
             helper.known_namespaces())
         # Found in fixed directories only, and run with a fixed PATH.
         mock_which.assert_called_once_with('ndctl', path=helper.SAFE_PATH)
         mock_run.assert_called_once_with(
             ['/usr/bin/ndctl', 'list', '-X'], check=True,
             capture_output=True, timeout=60, env={'PATH': helper.SAFE_PATH})
+
+    def _config_of(self, text):
+        config = configparser.ConfigParser(interpolation=None)
+        config.read_string(text)
+        return config
+
+    def test_owners_path_of_nova_conf(self):
+        config = self._config_of('[DEFAULT]\nstate_path = /var/lib/nova\n'
+                                 'host = compute-1\n')
+        self.assertEqual('/var/lib/nova/vpmem-owners-compute-1.json',
+                         helper._owners_path(config))
+
+    def test_owners_path_defaults_are_novas(self):
+        # nova's [DEFAULT] state_path is $pybasedir, where the nova package
+        # is installed, and its host the host name.
+        pybasedir, = [opt.default for opt in paths.ALL_OPTS
+                      if opt.name == 'pybasedir']
+        host, = [opt.default for opt in netconf.netconf_opts
+                 if opt.name == 'host']
+        self.assertEqual(os.path.dirname(os.path.dirname(nova.__file__)),
+                         pybasedir)
+        for text in ('', '[DEFAULT]\nstate_path =\nhost =\n',
+                     '[DEFAULT]\ndebug = true\n'):
+            self.assertEqual(
+                os.path.join(pybasedir, 'vpmem-owners-%s.json' % host),
+                helper._owners_path(self._config_of(text)), text)
+        with mock.patch.object(socket, 'gethostname',
+                               return_value='compute-2'):
+            self.assertEqual(
+                '/srv/nova/vpmem-owners-compute-2.json',
+                helper._owners_path(self._config_of(
+                    '[DEFAULT]\nstate_path = /srv/nova\n')))
+
+    def test_owners_path_with_substitutions_is_refused(self):
+        # The helper does not interpolate as oslo.config does.
+        for text in ('[DEFAULT]\nstate_path = $pybasedir/state\n',
+                     '[DEFAULT]\nstate_path = /var/lib/${x}\n',
+                     '[DEFAULT]\nstate_path = /var/lib/nova\n'
+                     'host = $my_ip\n'):
+            exc = self.assertRaises(helper.HelperError, helper._owners_path,
+                                    self._config_of(text))
+            self.assertEqual(helper.EXIT_USAGE, exc.code, text)
+            self.assertIn('without $ substitutions', str(exc))
+
+    def test_owners_file_in_the_state_path_of_nova_conf(self):
+        state = os.path.join(self.tmp, 'state')
+        os.mkdir(state)
+        self._nova_conf('[DEFAULT]\nstate_path = %s\nhost = compute-1\n'
+                        % state, '[libvirt]\npmem_namespaces = A:ns0\n')
+        # Another host's file is not this host's.
+        with open(os.path.join(state, 'vpmem-owners-compute-2.json'),
+                  'w') as f:
+            f.write(jsonutils.dumps({'owners': {'ns0': uuids.other}}))
+        self.assertEqual(({}, {}), helper._owners())
+        with open(os.path.join(state, 'vpmem-owners-compute-1.json'),
+                  'w') as f:
+            f.write(jsonutils.dumps({'owners': {'ns0': uuids.instance},
+                                     'incoming': {'ns0': uuids.instance}}))
+        self.assertEqual(({'ns0': uuids.instance}, {'ns0': uuids.instance}),
+                         helper._owners())
 
 
 class SSHGateTestCase(test.NoDBTestCase):
@@ -640,46 +1023,65 @@ class SSHGateTestCase(test.NoDBTestCase):
         return helper.gate_argv(command, self.RUNNER)
 
     def test_receive_zero_and_check_run_with_the_gates_runner(self):
-        for args in (['receive', '--device', '/dev/dax1.0', '--offset', '0',
-                      '--length', '4096', '--source-offset', '0'],
-                     ['receive', '--device', '/dev/dax1.0', '--length', '1',
-                      '--precopy'],
-                     ['zero', '--device', '/dev/dax1.0'],
-                     ['check', '--device', '/dev/dax1.0', '--length', '1'],
-                     ['--config-file', '/etc/nova/nova-cpu.conf', 'zero',
-                      '--device', '/dev/dax1.0']):
-            # The client's own root helper and helper path are replaced.
+        instance = ['--instance', uuids.instance]
+        for args in (instance + ['receive', '--namespace', 'ns1', '--offset',
+                                 '0', '--length', '4096', '--source-offset',
+                                 '0'],
+                     instance + ['receive', '--namespace', 'ns1', '--length',
+                                 '1', '--precopy'],
+                     instance + ['zero', '--namespace', 'ns1'],
+                     instance + ['check', '--namespace', 'ns1', '--length',
+                                 '1'],
+                     ['--instance=%s' % uuids.instance, 'zero', '--namespace',
+                      'ns1'],
+                     ['--config-file', '/etc/nova/nova-cpu.conf'] +
+                     instance + ['zero', '--namespace', 'ns1'],
+                     # The helper itself refuses a call without one.
+                     ['zero', '--namespace', 'ns1']):
+            # The client's own root helper and helper path are replaced;
+            # the instance the call acts for is passed on.
             command = 'sudo -n /tmp/evil/nova-vpmem-copy ' + ' '.join(args)
             self.assertEqual(self.RUNNER + args, self._gate(command))
 
     def test_everything_else_is_refused(self):
+        instance = '--instance %s ' % uuids.instance
         for command in (None, '', 'bash -i', 'cat /dev/dax1.0',
-                        'nova-vpmem-copy send --device /dev/dax1.0 '
+                        'nova-vpmem-copy %ssend --namespace ns0 --length 1'
+                        % instance,
+                        'nova-vpmem-copy send --live --namespace ns0 '
                         '--length 1',
-                        'nova-vpmem-copy send --live --device /dev/dax1.0 '
-                        '--length 1',
-                        'nova-vpmem-copy check --allow-in-use --device '
-                        '/dev/dax1.0 --length 1',
-                        'nova-vpmem-copy ssh-gate sudo -n bash'):
+                        # The sources of a copy, which a guest may map.
+                        'nova-vpmem-copy %scheck --sources --namespace ns0 '
+                        '--length 1' % instance,
+                        'nova-vpmem-copy check --namespace ns1 --length 1 '
+                        '--sources',
+                        'nova-vpmem-copy %sssh-gate sudo -n bash' % instance):
             exc = self.assertRaises(helper.HelperError, self._gate, command)
             self.assertEqual(helper.EXIT_DENIED, exc.code, command)
             self.assertIn('this key only runs nova-vpmem-copy '
                           'receive/zero/check', str(exc))
 
     def test_arguments_are_checked_before_anything_runs(self):
-        for command in ('nova-vpmem-copy zero --device /dev/dax1.0; reboot',
-                        'nova-vpmem-copy receive --device /dev/dax1.0',
-                        'nova-vpmem-copy zero --device /dev/dax1.0 --live'):
+        for command in ('nova-vpmem-copy zero --namespace ns1; reboot',
+                        'nova-vpmem-copy receive --namespace ns1',
+                        'nova-vpmem-copy zero --namespace ns1 --live',
+                        'nova-vpmem-copy zero --device /dev/dax1.0',
+                        'nova-vpmem-copy --instance %s check --allow-in-use '
+                        '--namespace ns0 --length 1' % uuids.instance,
+                        'nova-vpmem-copy --instance'):
             exc = self.assertRaises(helper.HelperError, self._gate, command)
             self.assertEqual(helper.EXIT_USAGE, exc.code, command)
 
     @mock.patch('os.execvp')
     def test_main_runs_the_request_in_place_of_the_gate(self, mock_exec):
         self.useFixture(fixtures.EnvironmentVariable(
-            'SSH_ORIGINAL_COMMAND', 'x zero --device /dev/dax1.0'))
+            'SSH_ORIGINAL_COMMAND',
+            'x --instance %s zero --namespace ns1' % uuids.instance))
+        # The gate itself acts for no instance.
         helper.main(['ssh-gate'] + self.RUNNER)
         mock_exec.assert_called_once_with(
-            'sudo', self.RUNNER + ['zero', '--device', '/dev/dax1.0'])
+            'sudo', self.RUNNER + ['--instance', uuids.instance, 'zero',
+                                   '--namespace', 'ns1'])
 
     @mock.patch('os.execvp')
     def test_main_refuses_without_running_anything(self, mock_exec):

@@ -42,12 +42,22 @@ class NamespaceOwnersTestCase(test.NoDBTestCase):
         self.assertEqual(vpmem_owners.ZEROED, self.owners.get('ns_1'))
         self.assertIsNone(self.owners.get('ns_2'))
 
+    def _read_file(self):
+        with open(os.path.join(self.dir, 'vpmem-owners-host1.json'),
+                  'rb') as f:
+            return jsonutils.load(f)
+
+    def _write_file(self, data):
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, 'vpmem-owners-host1.json'),
+                  'w') as f:
+            jsonutils.dump(data, f)
+
     def test_record_is_per_host_and_persistent(self):
         self.owners.set(['ns_0'], uuids.instance)
         self.assertEqual(
-            {'ns_0': uuids.instance},
-            jsonutils.load(open(os.path.join(self.dir,
-                                        'vpmem-owners-host1.json'), 'rb')))
+            {'owners': {'ns_0': uuids.instance}, 'incoming': {}},
+            self._read_file())
         self.assertEqual(uuids.instance, vpmem_owners.NamespaceOwners(
             self.dir, 'host1').get('ns_0'))
         self.assertIsNone(vpmem_owners.NamespaceOwners(
@@ -67,7 +77,7 @@ class NamespaceOwnersTestCase(test.NoDBTestCase):
             self.owners.set(['ns_0'], uuids.instance)
             write.assert_not_called()
             self.owners.set(['ns_0'], vpmem_owners.ZEROED)
-            write.assert_called_once_with({'ns_0': vpmem_owners.ZEROED})
+            write.assert_called_once_with({'ns_0': vpmem_owners.ZEROED}, {})
 
     def test_failed_write_keeps_the_old_record(self):
         self.owners.set(['ns_0'], uuids.instance)
@@ -80,6 +90,83 @@ class NamespaceOwnersTestCase(test.NoDBTestCase):
         self.assertEqual(uuids.instance, vpmem_owners.NamespaceOwners(
             self.dir, 'host1').get('ns_0'))
         self.assertEqual(['vpmem-owners-host1.json'], os.listdir(self.dir))
+
+    def test_incoming_is_recorded_and_persistent(self):
+        self.owners.set(['ns_0', 'ns_1'], uuids.instance, incoming=True)
+        self.owners.set(['ns_2'], uuids.other)
+        self.assertEqual(uuids.instance, self.owners.incoming('ns_0'))
+        self.assertEqual(uuids.instance, self.owners.get('ns_0'))
+        self.assertIsNone(self.owners.incoming('ns_2'))
+        self.assertIsNone(self.owners.incoming('ns_3'))
+        # The helper reads the file: the incoming namespaces are in it.
+        self.assertEqual(
+            {'owners': {'ns_0': uuids.instance, 'ns_1': uuids.instance,
+                        'ns_2': uuids.other},
+             'incoming': {'ns_0': uuids.instance, 'ns_1': uuids.instance}},
+            self._read_file())
+        restarted = vpmem_owners.NamespaceOwners(self.dir, 'host1')
+        self.assertEqual(uuids.instance, restarted.incoming('ns_1'))
+        self.assertIsNone(restarted.incoming('ns_2'))
+
+    def test_any_later_change_ends_incoming(self):
+        self.owners.set(['ns_0', 'ns_1'], uuids.instance, incoming=True)
+        # The same owner, no longer moving here: only for these names.
+        self.owners.set(['ns_0'], uuids.instance)
+        self.assertIsNone(self.owners.incoming('ns_0'))
+        self.assertEqual(uuids.instance, self.owners.incoming('ns_1'))
+        self.owners.set(['ns_1'], vpmem_owners.ZEROED)
+        self.assertIsNone(self.owners.incoming('ns_1'))
+        self.assertEqual({'owners': {'ns_0': uuids.instance,
+                                     'ns_1': vpmem_owners.ZEROED},
+                          'incoming': {}}, self._read_file())
+
+    def test_incoming_to_another_instance(self):
+        self.owners.set(['ns_0'], uuids.instance, incoming=True)
+        self.owners.set(['ns_0'], uuids.other, incoming=True)
+        self.assertEqual(uuids.other, self.owners.incoming('ns_0'))
+
+    def test_only_incoming_changed_is_rewritten(self):
+        self.owners.set(['ns_0'], uuids.instance)
+        with mock.patch.object(self.owners, '_write') as write:
+            self.owners.set(['ns_0'], uuids.instance, incoming=True)
+            write.assert_called_once_with({'ns_0': uuids.instance},
+                                          {'ns_0': uuids.instance})
+            write.reset_mock()
+            self.owners.set(['ns_0'], uuids.instance, incoming=True)
+            write.assert_not_called()
+            self.owners.set(['ns_0'], uuids.instance)
+            write.assert_called_once_with({'ns_0': uuids.instance}, {})
+
+    def test_legacy_record_is_read(self):
+        # The first format of the file: whose data each namespace holds,
+        # and nothing incoming.
+        self._write_file({'ns_0': uuids.instance,
+                          'ns_1': vpmem_owners.ZEROED})
+        self.assertEqual(uuids.instance, self.owners.get('ns_0'))
+        self.assertEqual(vpmem_owners.ZEROED, self.owners.get('ns_1'))
+        self.assertIsNone(self.owners.incoming('ns_0'))
+        self.assertEqual({'ns_0'}, self.owners.owned_by(uuids.instance))
+        # The next change writes the current format, keeping the record.
+        self.owners.set(['ns_2'], uuids.other, incoming=True)
+        self.assertEqual(
+            {'owners': {'ns_0': uuids.instance, 'ns_1': vpmem_owners.ZEROED,
+                        'ns_2': uuids.other},
+             'incoming': {'ns_2': uuids.other}}, self._read_file())
+
+    def test_legacy_record_of_a_namespace_named_owners(self):
+        self._write_file({'owners': uuids.instance, 'incoming': 'zeroed'})
+        self.assertEqual(uuids.instance, self.owners.get('owners'))
+        self.assertEqual(vpmem_owners.ZEROED, self.owners.get('incoming'))
+        self.assertIsNone(self.owners.incoming('owners'))
+
+    def test_a_record_that_is_no_owners_file_is_refused(self):
+        # Nothing is taken or zeroed on a record that cannot be read.
+        for data in ([], {'owners': ['ns_0']}, {'ns_0': 1},
+                     {'owners': {}, 'incoming': {'ns_0': None}}):
+            self._write_file(data)
+            owners = vpmem_owners.NamespaceOwners(self.dir, 'host1')
+            self.assertRaises(ValueError, owners.get, 'ns_0')
+            self.assertRaises(ValueError, owners.incoming, 'ns_0')
 
 
 class NamespaceLifecycleTestCase(test.NoDBTestCase):
@@ -102,11 +189,16 @@ class NamespaceLifecycleTestCase(test.NoDBTestCase):
     def test_zero_with_another_tool_updates_the_record(self):
         # Whichever tool zeroes, the record says what it zeroed.
         self.owners.set(['ns_0', 'ns_1'], uuids.instance)
-        tool = mock.Mock(return_value=['/dev/dax0.1'])
-        self.assertRaises(exception.VPMEMCleanupFailed, self.owners.zero,
-                          [self.vpmems['ns_0'], self.vpmems['ns_1']],
-                          tool=tool)
-        tool.assert_called_once_with(['/dev/dax0.0', '/dev/dax0.1'])
+        # The tool gets the namespaces and says by name what it could
+        # not zero.
+        tool = mock.Mock(return_value=['ns_1'])
+        exc = self.assertRaises(exception.VPMEMCleanupFailed,
+                                self.owners.zero,
+                                [self.vpmems['ns_0'], self.vpmems['ns_1']],
+                                tool=tool)
+        self.assertIn('ns_1', str(exc))
+        tool.assert_called_once_with([self.vpmems['ns_0'],
+                                      self.vpmems['ns_1']])
         self.assertEqual([], self._zeroed())
         self.assertEqual(vpmem_owners.ZEROED, self.owners.get('ns_0'))
         self.assertEqual(uuids.instance, self.owners.get('ns_1'))
@@ -151,6 +243,75 @@ class NamespaceLifecycleTestCase(test.NoDBTestCase):
         # One interval later the incoming move is gone: zeroed.
         self.assertEqual(['ns_0'], self.owners.release_unheld(
             set(), self.owners.generation, self.vpmems))
+
+    def test_take_for_a_move_here_marks_the_namespaces_incoming(self):
+        self.owners.set(['ns_0'], vpmem_owners.ZEROED)
+        self.owners.take(uuids.instance,
+                         [self.vpmems['ns_0'], self.vpmems['ns_1']],
+                         empty=True, incoming=True)
+        # ns_1 had no record: zeroed first.
+        self.assertEqual(['/dev/dax0.1'], self._zeroed())
+        for name in ('ns_0', 'ns_1'):
+            self.assertEqual(uuids.instance, self.owners.get(name))
+            self.assertEqual(uuids.instance, self.owners.incoming(name))
+        self.assertIsNone(self.owners.incoming('ns_2'))
+
+    def test_take_without_incoming_marks_nothing(self):
+        self.owners.take(uuids.instance, [self.vpmems['ns_0']])
+        self.assertEqual(uuids.instance, self.owners.get('ns_0'))
+        self.assertIsNone(self.owners.incoming('ns_0'))
+
+    def test_the_instance_running_here_ends_incoming(self):
+        # finish_migration takes the namespaces again for the guest: the
+        # copy may no longer write them.
+        vpmems = [self.vpmems['ns_0'], self.vpmems['ns_1']]
+        self.owners.take(uuids.instance, vpmems, empty=True, incoming=True)
+        self.cleanup_vpmem.reset_mock()
+        self.owners.take(uuids.instance, vpmems)
+        self.assertEqual([], self._zeroed())
+        for name in ('ns_0', 'ns_1'):
+            self.assertEqual(uuids.instance, self.owners.get(name))
+            self.assertIsNone(self.owners.incoming(name))
+
+    def test_zeroing_ends_incoming(self):
+        vpmems = [self.vpmems['ns_0'], self.vpmems['ns_1'],
+                  self.vpmems['ns_2']]
+        self.owners.take(uuids.instance, vpmems, empty=True, incoming=True)
+        # With daxio, with a tool, and what a tool could not zero.
+        self.owners.zero([self.vpmems['ns_0']])
+        self.assertRaises(exception.VPMEMCleanupFailed, self.owners.zero,
+                          vpmems[1:], tool=mock.Mock(return_value=['ns_2']))
+        self.assertIsNone(self.owners.incoming('ns_0'))
+        self.assertIsNone(self.owners.incoming('ns_1'))
+        self.assertEqual(uuids.instance, self.owners.incoming('ns_2'))
+        self.assertEqual(uuids.instance, self.owners.get('ns_2'))
+
+    def test_release_unheld_tells_the_tool_whose_data_it_zeroes(self):
+        # The helper zeroes a namespace only for the instance its host
+        # recorded, so the tool gets the recorded owner of each.
+        self.owners.set(['ns_0'], uuids.deleted)
+        self.owners.set(['ns_1'], uuids.failed_move, incoming=True)
+        self.owners.set(['ns_2'], vpmem_owners.ZEROED)
+        tool = mock.Mock(return_value=[])
+        self.assertEqual(['ns_0', 'ns_1'], self.owners.release_unheld(
+            set(), self.owners.generation, self.vpmems, tool=tool))
+        self.assertEqual(
+            [mock.call([self.vpmems['ns_0']], owner=uuids.deleted),
+             mock.call([self.vpmems['ns_1']], owner=uuids.failed_move)],
+            tool.call_args_list)
+        self.assertEqual([], self._zeroed())
+        for name in ('ns_0', 'ns_1'):
+            self.assertEqual(vpmem_owners.ZEROED, self.owners.get(name))
+            self.assertIsNone(self.owners.incoming(name))
+
+    def test_release_unheld_tool_failure_leaves_the_owner(self):
+        self.owners.set(['ns_0'], uuids.deleted)
+        tool = mock.Mock(return_value=['ns_0'])
+        self.assertEqual([], self.owners.release_unheld(
+            set(), self.owners.generation, self.vpmems, tool=tool))
+        tool.assert_called_once_with([self.vpmems['ns_0']],
+                                     owner=uuids.deleted)
+        self.assertEqual(uuids.deleted, self.owners.get('ns_0'))
 
     def test_release_unheld_tries_again_after_a_failure(self):
         self.owners.set(['ns_0', 'ns_1'], uuids.deleted)
