@@ -193,11 +193,12 @@ def _digest(name, view):
 
 # -- namespace allow-list ----------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def known_namespaces():
     """Return {name: {'path': devpath, 'size': bytes, 'align': bytes}}.
 
     The device-DAX namespaces of this host that ndctl lists and nova may
-    give to guests.
+    give to guests; ndctl runs once per run of the helper.
     """
     allowed = _nova_namespace_names(_nova_config())
     ndctl = shutil.which('ndctl', path=SAFE_PATH)
@@ -1063,6 +1064,7 @@ def main(argv=None):
     _config.update(files=args.config_file, directories=args.config_dir,
                    instance=args.instance)
     _nova_config.cache_clear()
+    known_namespaces.cache_clear()
     try:
         if args.command != 'ssh-gate' and not _is_uuid(args.instance):
             raise HelperError(EXIT_USAGE, '--instance must be the UUID of '

@@ -822,8 +822,9 @@ class AllowListTestCase(test.NoDBTestCase):
             helper, '_config', {'files': (), 'directories': (),
                                 'instance': uuids.instance}))
         # The configuration is read once per run.
-        helper._nova_config.cache_clear()
-        self.addCleanup(helper._nova_config.cache_clear)
+        for cached in (helper._nova_config, helper.known_namespaces):
+            cached.cache_clear()
+            self.addCleanup(cached.cache_clear)
 
     def _conf_file(self, name, text):
         path = os.path.join(self.tmp, name)
@@ -921,6 +922,27 @@ class AllowListTestCase(test.NoDBTestCase):
         self._nova_conf('[libvirt]\nvirt_type = kvm\n')
         exc = self.assertRaises(helper.HelperError, self._names)
         self.assertEqual(helper.EXIT_DENIED, exc.code)
+
+    @mock.patch('shutil.which', return_value='/usr/bin/ndctl')
+    @mock.patch('subprocess.run')
+    def test_ndctl_runs_once_per_run(self, mock_run, mock_which):
+        self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
+        mock_run.return_value = mock.Mock(returncode=0, stdout=jsonutils.
+            dumps([{'dev': 'namespace0.0', 'mode': 'devdax', 'size': 4096,
+                    'chardev': 'dax0.0', 'align': 4096, 'name': 'ns0'}]
+                  ).encode())
+        with mock.patch.object(helper, '_owners', return_value=(
+                {'ns0': uuids.instance}, {})):
+            # As check does for each of its namespaces.
+            for _ in range(3):
+                self.assertEqual(
+                    '/dev/dax0.0',
+                    helper._check_namespace('ns0', 0, None, 'read')[0])
+            mock_run.assert_called_once()
+            # The next run lists them again.
+            helper.main(['--instance', uuids.instance, 'zero',
+                         '--namespace', 'ns9'])
+        self.assertEqual(2, mock_run.call_count)
 
     @mock.patch('shutil.which', return_value='/usr/bin/ndctl')
     @mock.patch('subprocess.run')
