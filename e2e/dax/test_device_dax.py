@@ -108,7 +108,7 @@ class DaxTestBase(unittest.TestCase):
         # The helper's functions called in this process act for INSTANCE,
         # as main() sets it from --instance.
         helper._config.update(instance=INSTANCE)
-        helper._nova_config.cache_clear()
+        helper._run.clear()
 
     def setUp(self):
         super().setUp()

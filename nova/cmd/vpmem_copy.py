@@ -134,6 +134,8 @@ NOVA_CONFIG_DIR = '/etc/nova/nova.conf.d'
 CONFIG_OWNER = 0
 # The configuration this run reads: main() sets it from the command line.
 _config = {'files': (), 'directories': (), 'instance': None}
+# What this run has read (see _per_run).
+_run: dict = {}
 F_SETPIPE_SZ = 1031
 # Prefaulting the mapping in one call is much cheaper than a page fault per
 # page while copying.
@@ -193,7 +195,17 @@ def _digest(name, view):
 
 # -- namespace allow-list ----------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+def _per_run(func):
+    """Call func once per run of the helper; main() starts a run."""
+    @functools.wraps(func)
+    def once():
+        if func.__name__ not in _run:
+            _run[func.__name__] = func()
+        return _run[func.__name__]
+    return once
+
+
+@_per_run
 def known_namespaces():
     """Return {name: {'path': devpath, 'size': bytes, 'align': bytes}}.
 
@@ -237,7 +249,7 @@ def _config_paths(files, directories):
         entry for d in directories for entry in conf_d(d)]
 
 
-@functools.lru_cache(maxsize=None)
+@_per_run
 def _nova_config():
     """Read nova-compute's configuration files, root-owned ones only."""
     parser = configparser.ConfigParser(interpolation=None, strict=False)
@@ -1063,8 +1075,7 @@ def main(argv=None):
     os.environ['PATH'] = SAFE_PATH
     _config.update(files=args.config_file, directories=args.config_dir,
                    instance=args.instance)
-    _nova_config.cache_clear()
-    known_namespaces.cache_clear()
+    _run.clear()
     try:
         if args.command != 'ssh-gate' and not _is_uuid(args.instance):
             raise HelperError(EXIT_USAGE, '--instance must be the UUID of '

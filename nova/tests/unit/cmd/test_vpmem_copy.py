@@ -822,9 +822,8 @@ class AllowListTestCase(test.NoDBTestCase):
             helper, '_config', {'files': (), 'directories': (),
                                 'instance': uuids.instance}))
         # The configuration is read once per run.
-        for cached in (helper._nova_config, helper.known_namespaces):
-            cached.cache_clear()
-            self.addCleanup(cached.cache_clear)
+        helper._run.clear()
+        self.addCleanup(helper._run.clear)
 
     def _conf_file(self, name, text):
         path = os.path.join(self.tmp, name)
@@ -847,7 +846,7 @@ class AllowListTestCase(test.NoDBTestCase):
         """The namespace names of a run given these configuration options.
         """
         helper._config.update(files=files, directories=directories)
-        helper._nova_config.cache_clear()
+        helper._run.clear()
         return helper._nova_namespace_names(helper._nova_config())
 
     def test_config_of_the_command_line_replaces_the_defaults(self):
