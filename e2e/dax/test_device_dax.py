@@ -29,6 +29,7 @@ import contextlib
 import json
 import mmap
 import os
+import pwd
 import random
 import re
 import subprocess
@@ -41,6 +42,7 @@ from nova.cmd import vpmem_copy as helper
 from nova import exception
 from nova.virt.libvirt import vpmem_copy
 from nova.virt.libvirt import vpmem_owners
+from nova.virt import vpmem_stream as wire
 
 MIB = 1024 * 1024
 LABEL = 2 * MIB
@@ -190,7 +192,7 @@ class DeviceDaxTestCase(DaxTestBase):
         # and so is a device path: the helper takes namespace names only.
         for name in ('unlisted', self.small.path):
             exc = self.raises(helper.HelperError, helper.zero, name)
-            self.assertEqual(helper.EXIT_DENIED, exc.code)
+            self.assertEqual(wire.EXIT_DENIED, exc.code)
             self.assertIn('%s is not a vPMEM namespace of this host' % name,
                           str(exc))
 
@@ -284,7 +286,7 @@ class DeviceDaxTestCase(DaxTestBase):
     def test_check_on_real_devices(self):
         pair = vpmem_copy.NamespacePair('ns_small', 'ns_large',
                                         self.small.size, self.large.size)
-        self.assertIn(self.check([pair]), helper.available_digests())
+        self.assertIn(self.check([pair]), wire.available_digests())
         too_big = pair._replace(dest_size=self.large.size + MIB)
         self.raises(exception.VPMEMCopyCheckFailed, self.check, [too_big])
 
@@ -303,14 +305,14 @@ class DeviceDaxTestCase(DaxTestBase):
                    '%s for its move here (it records %s)' % (INSTANCE, OTHER))
         exc = self.raises(exception.VPMEMCopyFailed, self.copy, [pair],
                           streams=1)
-        self.assertIn('receive exited with %d' % helper.EXIT_DENIED,
+        self.assertIn('receive exited with %d' % wire.EXIT_DENIED,
                       str(exc))
         self.assertIn(refused, str(exc))
         exc = self.raises(exception.VPMEMCopyCheckFailed, self.check, [pair])
         self.assertIn(refused, str(exc))
         # Nor is it zeroed for INSTANCE, e.g. after its failed copy.
         exc = self.raises(helper.HelperError, helper.zero, 'ns_large')
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        self.assertEqual(wire.EXIT_DENIED, exc.code)
         self.assertEqual(theirs, self.read(self.large))
 
         # INSTANCE's own namespace once it runs here (no longer incoming):
@@ -319,7 +321,7 @@ class DeviceDaxTestCase(DaxTestBase):
         with open(os.devnull, 'rb') as empty:
             exc = self.raises(helper.HelperError, helper.receive,
                               'ns_large', 0, MIB, in_fd=empty.fileno())
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        self.assertEqual(wire.EXIT_DENIED, exc.code)
         self.assertIn('for its move here', str(exc))
         self.assertEqual(theirs, self.read(self.large))
 
@@ -407,11 +409,11 @@ class DeviceDaxTestCase(DaxTestBase):
     def test_range_outside_the_device_is_refused(self):
         exc = self.raises(helper.HelperError, helper.send, 'ns_small',
                           self.small.size - MIB, 2 * MIB, MIB, 'none', 0)
-        self.assertEqual(helper.EXIT_USAGE, exc.code)
+        self.assertEqual(wire.EXIT_USAGE, exc.code)
 
     def test_persist_with_libpmem_on_the_device_mapping(self):
-        dev = helper._Mapping(self.small.path, 3 * MIB + 7, MIB, 2 * MIB,
-                              writable=True)
+        dev = wire.Mapping(os.open(self.small.path, os.O_RDWR),
+                           3 * MIB + 7, MIB, 2 * MIB, writable=True)
         try:
             self.assertTrue(dev.is_dax)
             self.assertIsNotNone(dev._persist)
@@ -498,9 +500,9 @@ class SudoTestCase(DaxTestBase):
                     cmdline = f.read()
             except OSError:
                 continue
-            # sudo and the helper it runs both have these words.
-            if re.search(b'nova-vpmem-copy\0--instance\0[^\0]*\0'
-                         b'(send|receive)\0', cmdline):
+            # sudo's, and the helper's once it started itself isolated.
+            if re.search(b'(nova-vpmem-copy|nova[.]cmd[.]vpmem_copy)\0'
+                         b'--instance\0[^\0]*\0(send|receive)\0', cmdline):
                 found.append(int(pid))
         return found
 
@@ -511,11 +513,62 @@ class SudoTestCase(DaxTestBase):
                   LABEL)]
         check, copy = self.as_nova(('check_namespaces', pairs, {}),
                                    ('copy_namespaces', pairs, {'streams': 2}))
-        self.assertIn(check.get('result'), helper.available_digests(), check)
+        self.assertIn(check.get('result'), wire.available_digests(), check)
         self.assertIn('result', copy, copy)
         got = self.read(self.large)
         self.assertEqual(data[:-LABEL], got[:self.small.size - LABEL])
         self.assertEqual(data[-LABEL:], got[-LABEL:])
+
+    def assert_receives_as(self, argv, user):
+        """A receive waits for its stream unprivileged, the device locked.
+
+        :param argv: what starts the helper as root
+        :param user: the user it must then run as
+        """
+        uid = pwd.getpwnam(user).pw_uid
+        proc = subprocess.Popen(
+            argv + ['--instance', INSTANCE, 'receive', '--namespace',
+                    'ns_large', '--length', str(MIB)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        try:
+            helper_pid = None
+            deadline = time.monotonic() + 120
+            while not helper_pid and time.monotonic() < deadline:
+                time.sleep(0.2)
+                for pid in self.helpers_running():
+                    ids = self.ids(pid)
+                    if ids and ids['Uid'] == [uid] * 4:
+                        helper_pid = pid
+            self.assertIsNotNone(helper_pid, 'no helper runs as %s' % user)
+            # Its saved and file-system ids too, and no supplementary group.
+            self.assertEqual([], self.ids(helper_pid)['Groups'])
+            with open('/proc/locks') as f:
+                self.assertIn(' %d ' % helper_pid, f.read())
+        finally:
+            proc.stdin.close()
+            _out, err = proc.communicate(timeout=120)
+        # The stream it waited for never came.
+        self.assertEqual(wire.EXIT_TRUNCATED, proc.returncode, err)
+        self.assertIn(b'stream truncated before its header', err)
+
+    @staticmethod
+    def ids(pid):
+        """The Uid, Gid and Groups lines of a process's status."""
+        try:
+            with open('/proc/%d/status' % pid) as f:
+                return {k: [int(v) for v in rest.split()]
+                        for k, rest in (line.split(':', 1) for line in f)
+                        if k in ('Uid', 'Gid', 'Groups')}
+        except FileNotFoundError:
+            return None
+
+    def test_helper_drops_to_the_sudo_user_before_the_stream(self):
+        self.assert_receives_as(['runuser', '-u', 'nova', '--', 'sudo', '-n',
+                                 VENV_HELPER], 'nova')
+
+    def test_helper_run_by_root_drops_to_nobody(self):
+        self.assert_receives_as(HELPER, 'nobody')
 
     def test_check_fails_when_the_helper_is_not_root(self):
         self.assertIn('Permission denied', self.not_root.get('error', ''),

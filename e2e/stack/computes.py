@@ -409,9 +409,9 @@ def setup_ssh():
                  'nova stack vPMEM copy key', '-f', str(COPY_KEY))
     copy_pubkey = COPY_KEY.with_suffix('.pub').read_text().strip()
     for host in ALL_HOSTS:
-        helper = host.venv_bin / 'nova-vpmem-copy'
-        gate = 'restrict,command="%s ssh-gate sudo -n %s" %s\n' % (
-            helper, helper, copy_pubkey)
+        gate = 'restrict,command="%s sudo -n %s" %s\n' % (
+            host.venv_bin / 'nova-vpmem-copy-gate',
+            host.venv_bin / 'nova-vpmem-copy', copy_pubkey)
         host.write_sshd_config(pubkey + gate, [host.venv_bin], {},
                                user=NOVA_USER)
         _install_keys(host, identity)

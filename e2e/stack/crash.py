@@ -68,7 +68,9 @@ def copy_processes(host):
             continue
         line = ' '.join(argv)
         # sshd's listener names itself "sshd: ... [listener] ...".
-        if ('nova-vpmem-copy' in line or argv[0] == 'ssh' or
+        # The helper starts itself again as python3 -I -m nova.cmd....
+        if ('nova-vpmem-copy' in line or 'nova.cmd.vpmem_copy' in line or
+                argv[0] == 'ssh' or
                 (argv[0].startswith('sshd: ') and '[listener]' not in line)):
             found[int(proc.name)] = line.strip()
     return found

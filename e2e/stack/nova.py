@@ -88,9 +88,6 @@ def compute_config(host, known_hosts, extra=None):
             'virt_type': 'qemu',
             'cpu_mode': 'none',
             'pmem_namespaces': computes.PMEM_NAMESPACES_OPTION,
-            # Full paths: sudo runs them with its secure_path.
-            'vpmem_copy_helper': host.venv_bin / 'nova-vpmem-copy',
-            'vpmem_copy_root_helper': 'sudo -n',
             'vpmem_copy_known_hosts_file': known_hosts,
             'vpmem_copy_ssh_identity_file': computes.COPY_KEY_IN_HOME,
         },

@@ -27,10 +27,11 @@ and run, for each aligned byte range of each namespace, the pipeline::
 or the same without ssh when source and destination are the same host.
 Each host's helper finds the device of a namespace name itself, and
 touches only the namespaces its host recorded as the instance's
-(``nova.virt.libvirt.vpmem_owners``). The privileged reading, writing and
-verification happens in the root helper (``nova.cmd.vpmem_copy``); this
-module runs as the nova user, builds every command as an argv list, and
-quotes the remote command for ssh.
+(``nova.virt.libvirt.vpmem_owners``). The root helper
+(``nova.cmd.vpmem_copy``) checks as root what a call may touch and opens
+it, then reads, writes and verifies the stream without privileges
+(``nova.virt.vpmem_stream``); this module runs as the nova user, builds
+every command as an argv list, and quotes the remote command for ssh.
 
 The framed stream of the helper is used rather than plain daxio because
 daxio exits 0 on a short input stream (a dropped ssh connection or a SIGBUS

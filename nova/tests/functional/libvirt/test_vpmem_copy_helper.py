@@ -30,6 +30,7 @@ from oslo_utils.fixture import uuidsentinel as uuids
 
 from nova.cmd import vpmem_copy as helper
 from nova.tests.unit.cmd import test_vpmem_copy as helper_tests
+from nova.virt import vpmem_stream as wire
 
 DEST_NS = helper_tests.DEST_NS
 
@@ -89,8 +90,8 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
 
     def test_device_in_use_is_refused(self):
         user = self._hold_open(self.dst)
-        exc = self.assertRaises(helper.HelperError, helper.zero, DEST_NS)
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        exc = self.assertRaises(wire.HelperError, helper.zero, DEST_NS)
+        self.assertEqual(wire.EXIT_DENIED, exc.code)
         self.assertIn('in use by process %d' % user.pid, str(exc))
 
     def _map_and_close(self, path):
@@ -105,14 +106,14 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
         fd_dir = '/proc/%d/fd' % user.pid
         self.assertNotIn(self.dst, [os.readlink(os.path.join(fd_dir, fd))
                                     for fd in os.listdir(fd_dir)])
-        exc = self.assertRaises(helper.HelperError, helper.zero, DEST_NS)
+        exc = self.assertRaises(wire.HelperError, helper.zero, DEST_NS)
         self.assertIn('in use by process %d' % user.pid, str(exc))
 
     def test_live_send_reads_a_device_in_use(self):
         # Only send, and only with live, may read a running guest's
         # namespace.
         user = self._map_and_close(self.src)
-        exc = self.assertRaises(helper.HelperError, self._send)
+        exc = self.assertRaises(wire.HelperError, self._send)
         self.assertIn('in use by process %d' % user.pid, str(exc))
         self._receive(self._send(live=True))
         self.assertEqual(self.data, self._read(self.dst))
@@ -152,9 +153,9 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
         writer = self._fake_helper()
         self._give({DEST_NS: uuids.other}, {DEST_NS: uuids.other})
         before = self._read(self.dst)
-        exc = self.assertRaises(helper.HelperError, helper.zero, DEST_NS,
+        exc = self.assertRaises(wire.HelperError, helper.zero, DEST_NS,
                                 out=io.StringIO())
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        self.assertEqual(wire.EXIT_DENIED, exc.code)
         self.assertIn('did not give namespace %s to instance %s' % (
             DEST_NS, uuids.instance), str(exc))
         self.assertIsNone(writer.poll())
@@ -172,7 +173,7 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
         fd = os.open(self.dst, os.O_RDWR)
         self.addCleanup(os.close, fd)
         with mock.patch.object(helper, '_signal') as mock_signal:
-            exc = self.assertRaises(helper.HelperError,
+            exc = self.assertRaises(wire.HelperError,
                                     helper._stop_helpers, fd, 0, self.size,
                                     timeout=0.3)
         self.assertIn('still locked by nova-vpmem-copy processes [%d]' %
@@ -184,8 +185,8 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
         nova = self._locker('nova')
         for call in (lambda: helper.zero(DEST_NS, out=io.StringIO()),
                      lambda: self._receive(self._send())):
-            exc = self.assertRaises(helper.HelperError, call)
-            self.assertEqual(helper.EXIT_DENIED, exc.code)
+            exc = self.assertRaises(wire.HelperError, call)
+            self.assertEqual(wire.EXIT_DENIED, exc.code)
             self.assertIn('is locked: nova is zeroing it', str(exc))
         # Not a helper: zero never signals it.
         self.assertIsNone(nova.poll())
@@ -194,9 +195,9 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
         half = self.size // 2
         self._locker('helper', 0, half)
         stream = self._send()
-        msg = self._assert_fails(helper.EXIT_DENIED, stream)
+        msg = self._assert_fails(wire.EXIT_DENIED, stream)
         self.assertIn('bytes 0+%d of %s are locked by another '
-                      'nova-vpmem-copy' % (self.size, self.dst), msg)
+                      'nova-vpmem-copy' % (self.size, DEST_NS), msg)
         # The other stream of the same copy receives the other half.
         self._receive(self._send(offset=half), offset=half)
         self.assertEqual(self.data[half:], self._read(self.dst)[half:])
@@ -207,18 +208,18 @@ class VPMEMCopyHelperProcessesTestCase(helper_tests.HelperTestBase):
         user = self._hold_open(
             self.dst, (sys.executable, '-c', 'import time; time.sleep(60)',
                        'nova-vpmem-copy', 'receive'))
-        exc = self.assertRaises(helper.HelperError, helper.zero, DEST_NS)
+        exc = self.assertRaises(wire.HelperError, helper.zero, DEST_NS)
         self.assertIn('in use by process %d' % user.pid, str(exc))
         self.assertIsNone(user.poll())
 
     def test_check_refuses_busy_namespaces(self):
         user = self._hold_open(self.dst)
-        exc = self.assertRaises(helper.HelperError, helper.check,
+        exc = self.assertRaises(wire.HelperError, helper.check,
                                 [DEST_NS], [1])
         self.assertIn('in use', str(exc))
         user.kill()
         user.wait()
         self._fake_helper()
-        exc = self.assertRaises(helper.HelperError, helper.check,
+        exc = self.assertRaises(wire.HelperError, helper.check,
                                 [DEST_NS], [1])
         self.assertIn('locked by another nova-vpmem-copy', str(exc))

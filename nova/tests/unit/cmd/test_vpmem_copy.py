@@ -16,9 +16,11 @@ import configparser
 import io
 import itertools
 import os
+import pwd
 import socket
 import stat
 import struct
+import sys
 from unittest import mock
 
 import fixtures
@@ -65,7 +67,9 @@ class HelperTestBase(test.NoDBTestCase):
         # test. No configuration file of this machine is read.
         self.useFixture(fixtures.MockPatchObject(
             helper, '_config', {'files': (), 'directories': (),
-                                'instance': uuids.instance}))
+                                'instance': uuids.instance, 'run_as': None}))
+        # What a run read: each _give() starts a new one.
+        self.useFixture(fixtures.MockPatchObject(helper, '_run', {}))
         self.config = configparser.ConfigParser()
         self.useFixture(fixtures.MockPatchObject(
             helper, '_nova_config', return_value=self.config))
@@ -80,8 +84,12 @@ class HelperTestBase(test.NoDBTestCase):
         data = {'owners': owners}
         if incoming is not None:
             data['incoming'] = incoming
-        with open(self.owners_path, 'w') as f:
-            f.write(jsonutils.dumps(data))
+        self._write_owners(jsonutils.dumps(data).encode())
+
+    def _write_owners(self, text):
+        """Write the owners file; the next call of the helper reads it."""
+        self._file(os.path.basename(self.owners_path), text)
+        helper._run.clear()
 
     def _file(self, name, content):
         path = os.path.join(self.tmp, name)
@@ -160,7 +168,7 @@ class HelperTestBase(test.NoDBTestCase):
         return digests
 
     def _assert_fails(self, code, stream, offset=0, length=None):
-        exc = self.assertRaises(helper.HelperError, self._receive, stream,
+        exc = self.assertRaises(wire.HelperError, self._receive, stream,
                                 offset, length)
         self.assertEqual(code, exc.code)
         return str(exc)
@@ -182,7 +190,7 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         # A receiver whose caller died fails on its next progress line
         # instead of copying on: one is due after each chunk here.
         self.useFixture(fixtures.MockPatchObject(
-            helper, 'PROGRESS_SECONDS', 0))
+            wire, 'PROGRESS_SECONDS', 0))
         out = self._receive(self._send())
         progress = [int(line.split()[1]) for line in out.splitlines()
                     if line.startswith('progress ')]
@@ -191,7 +199,7 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
     def test_receive_reports_progress_by_size(self):
         # Below PROGRESS_EVERY bytes, and with no second due, nothing.
         self.useFixture(fixtures.MockPatchObject(
-            helper, 'PROGRESS_SECONDS', 3600))
+            wire, 'PROGRESS_SECONDS', 3600))
         out = self._receive(self._send())
         self.assertFalse([line for line in out.splitlines()
                           if line.startswith('progress ')])
@@ -227,28 +235,28 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         path = self._file('stream-in', stream)
         with open(path, 'rb') as f:
             exc = self.assertRaises(
-                helper.HelperError, helper.receive, DEST_NS, 2 * CHUNK,
+                wire.HelperError, helper.receive, DEST_NS, 2 * CHUNK,
                 CHUNK, in_fd=f.fileno(), out=io.StringIO(), source_offset=0)
-        self.assertEqual(helper.EXIT_PROTOCOL, exc.code)
+        self.assertEqual(wire.EXIT_PROTOCOL, exc.code)
 
     def test_every_available_digest_roundtrips(self):
-        for name in helper.available_digests() + ['none']:
+        for name in wire.available_digests() + ['none']:
             self._file('dst', os.urandom(self.size))
             self._receive(self._send(digest=name))
             self.assertEqual(self.data, self._read(self.dst), name)
 
     def test_blake2b_is_always_available(self):
-        self.assertIn('blake2b', helper.available_digests())
+        self.assertIn('blake2b', wire.available_digests())
 
     def test_truncated_stream_fails(self):
         stream = self._send()
         for cut in (3, len(stream) // 2, len(stream) - 1):
-            msg = self._assert_fails(helper.EXIT_TRUNCATED, stream[:cut])
+            msg = self._assert_fails(wire.EXIT_TRUNCATED, stream[:cut])
             self.assertIn('truncated', msg)
 
     def test_stream_without_end_record_fails(self):
         stream = self._send()
-        msg = self._assert_fails(helper.EXIT_TRUNCATED,
+        msg = self._assert_fails(wire.EXIT_TRUNCATED,
                                  stream[:-wire.RECORD_HDR.size])
         self.assertIn('no END record', msg)
 
@@ -257,7 +265,7 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         # The first record is DATA; flip a byte of its payload.
         first = len(wire.MAGIC) + wire.STREAM_HDR.size
         stream[first + wire.RECORD_HDR.size + 1000] ^= 0x01
-        msg = self._assert_fails(helper.EXIT_MISMATCH, bytes(stream))
+        msg = self._assert_fails(wire.EXIT_MISMATCH, bytes(stream))
         self.assertIn('does not match', msg)
 
     def test_corruption_is_not_detected_without_digest(self):
@@ -269,24 +277,24 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
 
     def test_wrong_range_fails(self):
         stream = self._send(offset=0, length=CHUNK)
-        msg = self._assert_fails(helper.EXIT_PROTOCOL, stream, offset=CHUNK,
+        msg = self._assert_fails(wire.EXIT_PROTOCOL, stream, offset=CHUNK,
                                  length=CHUNK)
         self.assertIn('expected', msg)
 
     def test_end_record_with_wrong_counts_fails(self):
         stream = self._send()
         end = wire.RECORD_HDR.pack(wire.END, self.size, 1, b'')
-        self._assert_fails(helper.EXIT_PROTOCOL,
+        self._assert_fails(wire.EXIT_PROTOCOL,
                            stream[:-wire.RECORD_HDR.size] + end)
 
     def test_not_a_stream_fails(self):
-        self._assert_fails(helper.EXIT_PROTOCOL, b'x' * 64)
+        self._assert_fails(wire.EXIT_PROTOCOL, b'x' * 64)
 
     def test_unknown_digest_fails(self):
         stream = bytearray(self._send())
         stream[len(wire.MAGIC):len(wire.MAGIC) + 16] = b'md5'.ljust(
             16, b'\0')
-        msg = self._assert_fails(helper.EXIT_PROTOCOL, bytes(stream))
+        msg = self._assert_fails(wire.EXIT_PROTOCOL, bytes(stream))
         self.assertIn('not available', msg)
 
     def test_zero(self):
@@ -319,8 +327,8 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
                                              0),
                          lambda: helper.receive(name, 0, CHUNK),
                          lambda: helper.check([name], [1])):
-                exc = self.assertRaises(helper.HelperError, call)
-                self.assertEqual(helper.EXIT_DENIED, exc.code)
+                exc = self.assertRaises(wire.HelperError, call)
+                self.assertEqual(wire.EXIT_DENIED, exc.code)
                 self.assertEqual('%s is not a vPMEM namespace of this host'
                                  % name, str(exc))
         self.assertEqual(content, self._read(other))
@@ -331,8 +339,8 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         self.assertEqual(self.data, self._read(self.dst))
         # Chunks 2 to 4 are zero: no data, no record.
         self.assertEqual([None] * 3, digests[2:5])
-        self.assertEqual((helper._digest('blake2b', self.data[:CHUNK]),
-                          helper._digest('xxh3_64', self.data[:CHUNK])[:8]),
+        self.assertEqual((wire.digest('blake2b', self.data[:CHUNK]),
+                          wire.digest('xxh3_64', self.data[:CHUNK])[:8]),
                          digests[0])
         self.assertEqual(5, len([d for d in digests if d]))
 
@@ -412,7 +420,7 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         self.addCleanup(os.close, read_fd)
         with os.fdopen(write_fd, 'wb') as w:
             w.write(header + entry)
-        record = helper._read_record(read_fd, 0, length, wire.MIN_CHUNK)
+        record = wire.read_record(read_fd, 0, length, wire.MIN_CHUNK)
         self.assertEqual('blake2b', record.digest)
         self.assertEqual((entry[:wire.DIGEST_SIZE],
                           entry[wire.DIGEST_SIZE:]), record.next_chunk())
@@ -424,11 +432,11 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         # The chunk size is the last field of the stream header.
         struct.pack_into('<I', stream, len(wire.MAGIC) +
                          wire.STREAM_HDR.size - 4, wire.MIN_CHUNK - 1)
-        msg = self._assert_fails(helper.EXIT_PROTOCOL, bytes(stream))
+        msg = self._assert_fails(wire.EXIT_PROTOCOL, bytes(stream))
         self.assertIn('bad chunk size %d' % (wire.MIN_CHUNK - 1), msg)
         stderr = self.useFixture(fixtures.StringStream('stderr')).stream
         self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
-        self.assertEqual(helper.EXIT_USAGE, helper.main(
+        self.assertEqual(wire.EXIT_USAGE, helper.main(
             ['--instance', uuids.instance, 'send', '--namespace', SOURCE_NS,
              '--length', str(self.size), '--chunk-size', '1']))
         stderr.seek(0)
@@ -441,11 +449,11 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         stream[first] = wire.SAME
         stream[first + wire.RECORD_HDR.size:
                first + wire.RECORD_HDR.size + CHUNK] = b''
-        msg = self._assert_fails(helper.EXIT_PROTOCOL, bytes(stream))
+        msg = self._assert_fails(wire.EXIT_PROTOCOL, bytes(stream))
         self.assertIn('SAME record in a stream without a cryptographic '
                       'digest', msg)
         # A first pass must record a cryptographic digest.
-        msg = self.assertRaises(helper.HelperError, self._receive,
+        msg = self.assertRaises(wire.HelperError, self._receive,
                                 self._send(digest='xxh3_64', live=True),
                                 precopy=True)
         self.assertIn('a first pass needs a cryptographic digest', str(msg))
@@ -453,12 +461,12 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
     def test_only_a_first_pass_may_end_early(self):
         # The clock passes stop_after after three chunks.
         clock = itertools.chain([0] * 4, itertools.repeat(10))
-        with mock.patch.object(helper.time, 'monotonic',
+        with mock.patch.object(wire.time, 'monotonic',
                                side_effect=clock):
             stream = self._send(live=True, stop_after=5)
         self.assertEqual([wire.DATA, wire.DATA, wire.ZERO,
                           wire.END], self._kinds(stream))
-        self._assert_fails(helper.EXIT_PROTOCOL, stream)
+        self._assert_fails(wire.EXIT_PROTOCOL, stream)
         stats = jsonutils.loads(self._receive(
             stream, precopy=True).splitlines()[-1].split(' ', 1)[1])
         self.assertEqual(3 * CHUNK, stats['length'])
@@ -475,8 +483,8 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
             return listdir(path)
 
         self.useFixture(fixtures.MockPatch('os.listdir', denied))
-        exc = self.assertRaises(helper.HelperError, helper.zero, DEST_NS)
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        exc = self.assertRaises(wire.HelperError, helper.zero, DEST_NS)
+        self.assertEqual(wire.EXIT_DENIED, exc.code)
         self.assertIn('cannot tell whether process', str(exc))
         self.assertIn('Permission denied', str(exc))
 
@@ -499,7 +507,7 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
             out = io.StringIO()
             helper.check(names, lengths, out=out, sources=sources)
             self.assertEqual({'protocol': wire.PROTOCOL,
-                              'digests': helper.available_digests()},
+                              'digests': wire.available_digests()},
                              jsonutils.loads(out.getvalue()))
 
     def test_check_opens_each_device_as_the_copy_will(self):
@@ -518,13 +526,13 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
             mock_open.assert_called_once_with(path, flags)
 
     def test_check_refuses_small_or_unknown_namespaces(self):
-        exc = self.assertRaises(helper.HelperError, helper.check,
+        exc = self.assertRaises(wire.HelperError, helper.check,
                                 [DEST_NS], [self.size + 1])
         self.assertIn('outside', str(exc))
-        exc = self.assertRaises(helper.HelperError, helper.check,
+        exc = self.assertRaises(wire.HelperError, helper.check,
                                 [DEST_NS, 'ns9'], [1, 1])
         self.assertIn('ns9 is not a vPMEM namespace', str(exc))
-        exc = self.assertRaises(helper.HelperError, helper.check,
+        exc = self.assertRaises(wire.HelperError, helper.check,
                                 [DEST_NS], [1, 1])
         self.assertIn('give one --length per --namespace', str(exc))
 
@@ -534,16 +542,16 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         for names, sources in (([SOURCE_NS], False), ([DEST_NS], True)):
             self._give({SOURCE_NS: uuids.instance, DEST_NS: uuids.other},
                        {DEST_NS: uuids.other})
-            exc = self.assertRaises(helper.HelperError, helper.check, names,
+            exc = self.assertRaises(wire.HelperError, helper.check, names,
                                     [1], out=io.StringIO(), sources=sources)
-            self.assertEqual(helper.EXIT_DENIED, exc.code)
+            self.assertEqual(wire.EXIT_DENIED, exc.code)
             self.assertIn('this host did not give namespace %s to instance '
                           '%s' % (names[0], uuids.instance), str(exc))
 
     def test_range_outside_namespace_is_refused(self):
-        exc = self.assertRaises(helper.HelperError, helper.send, SOURCE_NS,
+        exc = self.assertRaises(wire.HelperError, helper.send, SOURCE_NS,
                                 CHUNK, self.size, CHUNK, 'none', 0)
-        self.assertEqual(helper.EXIT_USAGE, exc.code)
+        self.assertEqual(wire.EXIT_USAGE, exc.code)
 
     def test_device_dax_is_persisted_with_libpmem(self):
         persist = mock.Mock()
@@ -555,10 +563,11 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
             st[0] = stat.S_IFCHR | 0o600
             return os.stat_result(st)
 
-        with mock.patch.object(helper, '_libpmem_persist',
+        fd = os.open(self.dst, os.O_RDWR)
+        with mock.patch.object(wire, '_libpmem_persist',
                                return_value=persist), \
-                mock.patch.object(helper.os, 'fstat', side_effect=fstat):
-            dev = helper._Mapping(self.dst, 0, self.size, MiB, True)
+                mock.patch.object(wire.os, 'fstat', side_effect=fstat):
+            dev = wire.Mapping(fd, 0, self.size, MiB, True)
             dev.persist()
             dev.close()
         persist.assert_called_once_with(mock.ANY, mock.ANY)
@@ -568,7 +577,7 @@ class VPMEMCopyHelperTestCase(HelperTestBase):
         self.useFixture(fixtures.EnvironmentVariable('PATH', '/tmp/evil'))
         stderr = self.useFixture(fixtures.StringStream('stderr')).stream
         self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
-        self.assertEqual(helper.EXIT_DENIED, helper.main(
+        self.assertEqual(wire.EXIT_DENIED, helper.main(
             ['--instance', uuids.instance, 'zero', '--namespace', 'ns9']))
         stderr.seek(0)
         self.assertIn('nova-vpmem-copy zero: ns9 is not a vPMEM namespace',
@@ -589,8 +598,8 @@ class BindingTestCase(HelperTestBase):
         return jsonutils.loads(stats)
 
     def _assert_denied(self, call, *args, **kwargs):
-        exc = self.assertRaises(helper.HelperError, call, *args, **kwargs)
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        exc = self.assertRaises(wire.HelperError, call, *args, **kwargs)
+        self.assertEqual(wire.EXIT_DENIED, exc.code)
         return str(exc)
 
     def test_send_of_another_instances_namespace_is_refused(self):
@@ -678,6 +687,7 @@ class BindingTestCase(HelperTestBase):
     def test_missing_owners_file_gives_nothing(self):
         stream = self._send()
         os.unlink(self.owners_path)
+        helper._run.clear()
         self.assertEqual(({}, {}), helper._owners())
         before = self._read(self.dst)
         for call in (self._send, lambda: self._receive(stream),
@@ -687,9 +697,8 @@ class BindingTestCase(HelperTestBase):
 
     def test_legacy_owners_file_is_read_as_owners_only(self):
         # The first format: the owners mapping alone, no moves in it.
-        with open(self.owners_path, 'w') as f:
-            f.write(jsonutils.dumps({SOURCE_NS: uuids.instance,
-                                     DEST_NS: wire.ZEROED}))
+        self._write_owners(jsonutils.dumps({SOURCE_NS: uuids.instance,
+                                            DEST_NS: wire.ZEROED}).encode())
         self.assertEqual(({SOURCE_NS: uuids.instance, DEST_NS: wire.ZEROED},
                           {}), helper._owners())
         stream = self._send()
@@ -708,7 +717,7 @@ class BindingTestCase(HelperTestBase):
         self.assertEqual(before, self._read(self.dst))
         stderr = self.useFixture(fixtures.StringStream('stderr')).stream
         self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
-        self.assertEqual(helper.EXIT_DENIED, helper.main(
+        self.assertEqual(wire.EXIT_DENIED, helper.main(
             ['--instance', uuids.instance, 'zero', '--namespace', DEST_NS]))
         self.assertEqual(before, self._read(self.dst))
 
@@ -736,12 +745,11 @@ class BindingTestCase(HelperTestBase):
                                            DEST_NS: uuids.instance},
                                 'incoming': {DEST_NS: uuids.instance}})
         # Valid JSON, padded to the limit: read.
-        self._file(os.path.basename(self.owners_path),
-                   text.ljust(wire.MAX_OWNERS_FILE_SIZE).encode())
+        self._write_owners(text.ljust(wire.MAX_OWNERS_FILE_SIZE).encode())
         self._receive(self._send())
         # One byte more: refused.
-        self._file(os.path.basename(self.owners_path),
-                   text.ljust(wire.MAX_OWNERS_FILE_SIZE + 1).encode())
+        self._write_owners(
+            text.ljust(wire.MAX_OWNERS_FILE_SIZE + 1).encode())
         self._assert_owners_file_refused(
             'is not an owners file: larger than %d bytes' %
             wire.MAX_OWNERS_FILE_SIZE)
@@ -752,9 +760,9 @@ class BindingTestCase(HelperTestBase):
                      b'{"owners": {"ns0": 1}}',
                      b'{"owners": {}, "incoming": {"ns1": null}}',
                      b'{"owners": {}, "incoming": []}', b'{"ns0": 1}'):
-            self._file(os.path.basename(self.owners_path), text)
-            exc = self.assertRaises(helper.HelperError, helper._owners)
-            self.assertEqual(helper.EXIT_DENIED, exc.code, text)
+            self._write_owners(text)
+            exc = self.assertRaises(wire.HelperError, helper._owners)
+            self.assertEqual(wire.EXIT_DENIED, exc.code, text)
             self.assertIn('%s is not an owners file' % self.owners_path,
                           str(exc))
         self._assert_owners_file_refused('is not an owners file')
@@ -763,7 +771,11 @@ class BindingTestCase(HelperTestBase):
         self.assertEqual(({SOURCE_NS: uuids.instance,
                            DEST_NS: uuids.instance},
                           {DEST_NS: uuids.instance}), helper._owners())
-        self.mock_owners_path.assert_called_once_with(self.config)
+        self.mock_owners_path.assert_called_once_with()
+        # Once per run, however many namespaces it checks.
+        helper.check([SOURCE_NS, SOURCE_NS], [self.size, self.size],
+                     out=io.StringIO(), sources=True)
+        self.mock_owners_path.assert_called_once_with()
 
     def test_main_acts_for_the_instance_it_is_given(self):
         stdout = self.useFixture(fixtures.StringStream('stdout')).stream
@@ -771,7 +783,7 @@ class BindingTestCase(HelperTestBase):
         stderr = self.useFixture(fixtures.StringStream('stderr')).stream
         self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
         before = self._read(self.dst)
-        self.assertEqual(helper.EXIT_DENIED, helper.main(
+        self.assertEqual(wire.EXIT_DENIED, helper.main(
             ['--instance', uuids.other, 'zero', '--namespace', DEST_NS]))
         self.assertEqual(before, self._read(self.dst))
         stderr.seek(0)
@@ -799,7 +811,7 @@ class BindingTestCase(HelperTestBase):
                              '--length', '1'],
                             ['send', '--namespace', SOURCE_NS, '--length',
                              '1']):
-                self.assertEqual(helper.EXIT_USAGE,
+                self.assertEqual(wire.EXIT_USAGE,
                                  helper.main(options + command),
                                  (options, command))
         known.assert_not_called()
@@ -807,6 +819,111 @@ class BindingTestCase(HelperTestBase):
         stderr.seek(0)
         self.assertIn('nova-vpmem-copy zero: --instance must be the UUID of '
                       'the instance to act for, not None', stderr.read())
+
+
+class PrivilegeTestCase(HelperTestBase):
+    """What runs as root: the checks and the open, never the stream."""
+
+    def _record_drop(self):
+        """Mock the privilege drop; record what was open when it ran."""
+        seen = {}
+
+        def setresuid(*uids):
+            seen['uids'] = uids
+            # The device is open and locked by then.
+            seen['locked'] = [
+                fd for fd in os.listdir('/proc/self/fd')
+                if os.path.realpath('/proc/self/fd/' + fd) in (
+                    self.src, self.dst)]
+        for name in ('setgroups', 'setresgid'):
+            self.useFixture(fixtures.MockPatch('os.' + name))
+        self.useFixture(fixtures.MockPatch('os.setresuid',
+                                           side_effect=setresuid))
+        helper._config['run_as'] = (1234, 5678)
+        return seen
+
+    def test_receive_reads_the_stream_without_privileges(self):
+        stream = self._send()
+        seen = self._record_drop()
+        path = self._file('stream-in', stream)
+        with open(path, 'rb') as f:
+            real_read_header = wire.read_header
+
+            def read_header(*args):
+                # Not one byte of the stream was read as root.
+                self.assertEqual(0, f.tell())
+                self.assertIn('uids', seen)
+                return real_read_header(*args)
+            with mock.patch.object(wire, 'read_header',
+                                   side_effect=read_header):
+                helper.receive(DEST_NS, 0, self.size, in_fd=f.fileno(),
+                               out=io.StringIO())
+        self.assertEqual((1234, 1234, 1234), seen['uids'])
+        self.assertEqual(1, len(seen['locked']))
+        os.setgroups.assert_called_once_with([])
+        os.setresgid.assert_called_once_with(5678, 5678, 5678)
+        self.assertEqual(self.data, self._read(self.dst))
+
+    def test_send_and_zero_drop_privileges_once_the_device_is_open(self):
+        seen = self._record_drop()
+        self._send()
+        self.assertEqual((1234, 1234, 1234), seen.pop('uids'))
+        self.assertEqual(1, len(seen.pop('locked')))
+        helper.zero(DEST_NS, out=io.StringIO())
+        self.assertEqual((1234, 1234, 1234), seen.pop('uids'))
+        self.assertEqual(1, len(seen.pop('locked')))
+
+    def test_a_refused_call_drops_nothing_and_opens_nothing(self):
+        seen = self._record_drop()
+        self._give({SOURCE_NS: uuids.other})
+        self.assertRaises(wire.HelperError, self._send)
+        self.assertEqual({}, seen)
+
+    def test_calls_from_within_a_process_keep_its_privileges(self):
+        helper._config['run_as'] = None
+        with mock.patch('os.setresuid') as setresuid:
+            self._receive(self._send())
+        setresuid.assert_not_called()
+
+    def test_caller_is_the_sudo_user_or_nobody(self):
+        with mock.patch('os.geteuid', return_value=1000):
+            # Not root: nothing to drop.
+            self.assertIsNone(helper._caller())
+        with mock.patch('os.geteuid', return_value=0):
+            with mock.patch.dict(os.environ, {'SUDO_UID': '1234',
+                                              'SUDO_GID': '5678'}):
+                self.assertEqual((1234, 5678), helper._caller())
+            nobody = pwd.getpwnam('nobody')
+            # Root itself, or root without sudo.
+            for env in ({}, {'SUDO_UID': '0', 'SUDO_GID': '0'}):
+                with mock.patch.dict(os.environ, env, clear=True):
+                    self.assertEqual((nobody.pw_uid, nobody.pw_gid),
+                                     helper._caller(), env)
+
+    @mock.patch('os.execv', side_effect=SystemExit(0))
+    def test_program_runs_isolated(self, mock_execv):
+        # The tests do not run isolated: the program starts itself again.
+        self.assertFalse(sys.flags.isolated)
+        with mock.patch.object(helper.sys, 'argv', ['nova-vpmem-copy',
+                                                    'zero']):
+            self.assertRaises(SystemExit, helper.main)
+        mock_execv.assert_called_once_with(
+            sys.executable, [sys.executable, '-I', '-m',
+                             'nova.cmd.vpmem_copy', 'zero'])
+
+    def test_program_drops_to_its_caller(self):
+        stderr = self.useFixture(fixtures.StringStream('stderr')).stream
+        self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
+        seen = self._record_drop()
+        # As if it had started itself isolated.
+        with mock.patch('os.execv'), \
+                mock.patch.object(helper, '_caller', return_value=(7, 8)), \
+                mock.patch.object(helper.sys, 'argv',
+                                  ['nova-vpmem-copy', '--instance',
+                                   uuids.instance, 'zero', '--namespace',
+                                   DEST_NS]):
+            self.assertEqual(0, helper.main())
+        self.assertEqual((7, 7, 7), seen['uids'])
 
 
 class AllowListTestCase(test.NoDBTestCase):
@@ -820,7 +937,7 @@ class AllowListTestCase(test.NoDBTestCase):
                                                  os.geteuid()))
         self.useFixture(fixtures.MockPatchObject(
             helper, '_config', {'files': (), 'directories': (),
-                                'instance': uuids.instance}))
+                                'instance': uuids.instance, 'run_as': None}))
         # The configuration is read once per run.
         helper._run.clear()
         self.addCleanup(helper._run.clear)
@@ -847,7 +964,7 @@ class AllowListTestCase(test.NoDBTestCase):
         """
         helper._config.update(files=files, directories=directories)
         helper._run.clear()
-        return helper._nova_namespace_names(helper._nova_config())
+        return helper._nova_namespace_names()
 
     def test_config_of_the_command_line_replaces_the_defaults(self):
         # devstack's nova-compute reads /etc/nova/nova-cpu.conf.
@@ -872,39 +989,41 @@ class AllowListTestCase(test.NoDBTestCase):
         self.assertEqual('A:ns0', helper._nova_config().get(
             'libvirt', 'pmem_namespaces'))
         with mock.patch.object(helper, '_nova_namespace_names',
-                               side_effect=helper.HelperError(
-                                   helper.EXIT_DENIED, 'no')) as names:
-            self.assertEqual(helper.EXIT_DENIED, helper.main(
+                               side_effect=wire.HelperError(
+                                   wire.EXIT_DENIED, 'no')) as names:
+            self.assertEqual(wire.EXIT_DENIED, helper.main(
                 ['--config-file', cpu_conf, '--config-dir', conf_d,
                  '--instance', uuids.other, 'zero', '--namespace', 'ns1']))
-        config, = names.call_args[0]
-        self.assertEqual('A:ns1', config.get('libvirt', 'pmem_namespaces'))
+        names.assert_called_once_with()
+        # The run read the files it was given.
+        self.assertEqual('A:ns1', helper._nova_config().get(
+            'libvirt', 'pmem_namespaces'))
+        # A call from within a process keeps its privileges.
         self.assertEqual({'files': [cpu_conf], 'directories': [conf_d],
-                          'instance': uuids.other}, helper._config)
-        # Read once for the whole run.
-        self.assertIs(config, helper._nova_config())
+                          'instance': uuids.other, 'run_as': None},
+                         helper._config)
 
     def test_config_that_another_user_may_write_is_refused(self):
         path, = self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
         for mode in (0o660, 0o646):
             os.chmod(path, mode)
-            exc = self.assertRaises(helper.HelperError, self._names)
-            self.assertEqual(helper.EXIT_DENIED, exc.code)
+            exc = self.assertRaises(wire.HelperError, self._names)
+            self.assertEqual(wire.EXIT_DENIED, exc.code)
             self.assertIn('%s must be owned by uid' % path, str(exc))
 
     def test_config_of_another_owner_is_refused(self):
         self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
         self.useFixture(fixtures.MockPatchObject(helper, 'CONFIG_OWNER',
                                                  os.geteuid() + 1))
-        exc = self.assertRaises(helper.HelperError, self._names)
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        exc = self.assertRaises(wire.HelperError, self._names)
+        self.assertEqual(wire.EXIT_DENIED, exc.code)
 
     def test_missing_config_file_that_was_named_is_an_error(self):
         self._nova_conf('[libvirt]\npmem_namespaces = A:ns0\n')
         exc = self.assertRaises(
-            helper.HelperError, self._names,
+            wire.HelperError, self._names,
             files=[os.path.join(self.tmp, 'missing.conf')])
-        self.assertEqual(helper.EXIT_USAGE, exc.code)
+        self.assertEqual(wire.EXIT_USAGE, exc.code)
         # The defaults need not all exist.
         self.useFixture(fixtures.MonkeyPatch(
             'nova.cmd.vpmem_copy.NOVA_CONFIG_FILES',
@@ -919,8 +1038,8 @@ class AllowListTestCase(test.NoDBTestCase):
 
     def test_no_pmem_namespaces_in_nova_conf_allows_nothing(self):
         self._nova_conf('[libvirt]\nvirt_type = kvm\n')
-        exc = self.assertRaises(helper.HelperError, self._names)
-        self.assertEqual(helper.EXIT_DENIED, exc.code)
+        exc = self.assertRaises(wire.HelperError, self._names)
+        self.assertEqual(wire.EXIT_DENIED, exc.code)
 
     @mock.patch('shutil.which', return_value='/usr/bin/ndctl')
     @mock.patch('subprocess.run')
@@ -936,7 +1055,8 @@ class AllowListTestCase(test.NoDBTestCase):
             for _ in range(3):
                 self.assertEqual(
                     '/dev/dax0.0',
-                    helper._check_namespace('ns0', 0, None, 'read')[0])
+                    helper._check_namespace('ns0', 0, None,
+                                            'read')[0]['path'])
             mock_run.assert_called_once()
             # The next run lists them again.
             helper.main(['--instance', uuids.instance, 'zero',
@@ -974,16 +1094,17 @@ class AllowListTestCase(test.NoDBTestCase):
             ['/usr/bin/ndctl', 'list', '-X'], check=True,
             capture_output=True, timeout=60, env={'PATH': helper.SAFE_PATH})
 
-    def _config_of(self, text):
+    def _owners_path(self, text):
+        """The owners file of a run whose configuration is text."""
         config = configparser.ConfigParser(interpolation=None)
         config.read_string(text)
-        return config
+        with mock.patch.object(helper, '_nova_config', return_value=config):
+            return helper._owners_path()
 
     def test_owners_path_of_nova_conf(self):
-        config = self._config_of('[DEFAULT]\nstate_path = /var/lib/nova\n'
-                                 'host = compute-1\n')
         self.assertEqual('/var/lib/nova/vpmem-owners-compute-1.json',
-                         helper._owners_path(config))
+                         self._owners_path('[DEFAULT]\nstate_path = /var/'
+                                           'lib/nova\nhost = compute-1\n'))
 
     def test_owners_path_defaults_are_novas(self):
         # nova's [DEFAULT] state_path is $pybasedir, where the nova package
@@ -998,13 +1119,12 @@ class AllowListTestCase(test.NoDBTestCase):
                      '[DEFAULT]\ndebug = true\n'):
             self.assertEqual(
                 os.path.join(pybasedir, 'vpmem-owners-%s.json' % host),
-                helper._owners_path(self._config_of(text)), text)
+                self._owners_path(text), text)
         with mock.patch.object(socket, 'gethostname',
                                return_value='compute-2'):
             self.assertEqual(
                 '/srv/nova/vpmem-owners-compute-2.json',
-                helper._owners_path(self._config_of(
-                    '[DEFAULT]\nstate_path = /srv/nova\n')))
+                self._owners_path('[DEFAULT]\nstate_path = /srv/nova\n'))
 
     def test_owners_path_with_substitutions_is_refused(self):
         # The helper does not interpolate as oslo.config does.
@@ -1012,9 +1132,9 @@ class AllowListTestCase(test.NoDBTestCase):
                      '[DEFAULT]\nstate_path = /var/lib/${x}\n',
                      '[DEFAULT]\nstate_path = /var/lib/nova\n'
                      'host = $my_ip\n'):
-            exc = self.assertRaises(helper.HelperError, helper._owners_path,
-                                    self._config_of(text))
-            self.assertEqual(helper.EXIT_USAGE, exc.code, text)
+            exc = self.assertRaises(wire.HelperError, self._owners_path,
+                                    text)
+            self.assertEqual(wire.EXIT_USAGE, exc.code, text)
             self.assertIn('without $ substitutions', str(exc))
 
     def test_owners_file_in_the_state_path_of_nova_conf(self):
@@ -1031,84 +1151,6 @@ class AllowListTestCase(test.NoDBTestCase):
                   'w') as f:
             f.write(jsonutils.dumps({'owners': {'ns0': uuids.instance},
                                      'incoming': {'ns0': uuids.instance}}))
+        helper._run.clear()
         self.assertEqual(({'ns0': uuids.instance}, {'ns0': uuids.instance}),
                          helper._owners())
-
-
-class SSHGateTestCase(test.NoDBTestCase):
-    """What the copy's restricted ssh key may run on the other host."""
-
-    RUNNER = ['sudo', '-n', '/usr/bin/nova-vpmem-copy']
-
-    def _gate(self, command):
-        return helper.gate_argv(command, self.RUNNER)
-
-    def test_receive_zero_and_check_run_with_the_gates_runner(self):
-        instance = ['--instance', uuids.instance]
-        for args in (instance + ['receive', '--namespace', 'ns1', '--offset',
-                                 '0', '--length', '4096', '--source-offset',
-                                 '0'],
-                     instance + ['receive', '--namespace', 'ns1', '--length',
-                                 '1', '--precopy'],
-                     instance + ['zero', '--namespace', 'ns1'],
-                     instance + ['check', '--namespace', 'ns1', '--length',
-                                 '1'],
-                     ['--instance=%s' % uuids.instance, 'zero', '--namespace',
-                      'ns1'],
-                     ['--config-file', '/etc/nova/nova-cpu.conf'] +
-                     instance + ['zero', '--namespace', 'ns1'],
-                     # The helper itself refuses a call without one.
-                     ['zero', '--namespace', 'ns1']):
-            # The client's own root helper and helper path are replaced;
-            # the instance the call acts for is passed on.
-            command = 'sudo -n /tmp/evil/nova-vpmem-copy ' + ' '.join(args)
-            self.assertEqual(self.RUNNER + args, self._gate(command))
-
-    def test_everything_else_is_refused(self):
-        instance = '--instance %s ' % uuids.instance
-        for command in (None, '', 'bash -i', 'cat /dev/dax1.0',
-                        'nova-vpmem-copy %ssend --namespace ns0 --length 1'
-                        % instance,
-                        'nova-vpmem-copy send --live --namespace ns0 '
-                        '--length 1',
-                        # The sources of a copy, which a guest may map.
-                        'nova-vpmem-copy %scheck --sources --namespace ns0 '
-                        '--length 1' % instance,
-                        'nova-vpmem-copy check --namespace ns1 --length 1 '
-                        '--sources',
-                        'nova-vpmem-copy %sssh-gate sudo -n bash' % instance):
-            exc = self.assertRaises(helper.HelperError, self._gate, command)
-            self.assertEqual(helper.EXIT_DENIED, exc.code, command)
-            self.assertIn('this key only runs nova-vpmem-copy '
-                          'receive/zero/check', str(exc))
-
-    def test_arguments_are_checked_before_anything_runs(self):
-        for command in ('nova-vpmem-copy zero --namespace ns1; reboot',
-                        'nova-vpmem-copy receive --namespace ns1',
-                        'nova-vpmem-copy zero --namespace ns1 --live',
-                        'nova-vpmem-copy zero --device /dev/dax1.0',
-                        'nova-vpmem-copy --instance %s check --allow-in-use '
-                        '--namespace ns0 --length 1' % uuids.instance,
-                        'nova-vpmem-copy --instance'):
-            exc = self.assertRaises(helper.HelperError, self._gate, command)
-            self.assertEqual(helper.EXIT_USAGE, exc.code, command)
-
-    @mock.patch('os.execvp')
-    def test_main_runs_the_request_in_place_of_the_gate(self, mock_exec):
-        self.useFixture(fixtures.EnvironmentVariable(
-            'SSH_ORIGINAL_COMMAND',
-            'x --instance %s zero --namespace ns1' % uuids.instance))
-        # The gate itself acts for no instance.
-        helper.main(['ssh-gate'] + self.RUNNER)
-        mock_exec.assert_called_once_with(
-            'sudo', self.RUNNER + ['--instance', uuids.instance, 'zero',
-                                   '--namespace', 'ns1'])
-
-    @mock.patch('os.execvp')
-    def test_main_refuses_without_running_anything(self, mock_exec):
-        self.useFixture(fixtures.EnvironmentVariable(
-            'SSH_ORIGINAL_COMMAND', 'bash'))
-        self.assertEqual(helper.EXIT_DENIED,
-                         helper.main(['ssh-gate'] + self.RUNNER))
-        self.assertEqual(helper.EXIT_USAGE, helper.main(['ssh-gate']))
-        mock_exec.assert_not_called()
