@@ -78,7 +78,8 @@ NOVA_CONFIG_DIR = '/etc/nova/nova.conf.d'
 CONFIG_OWNER = 0
 # What main() read from the command line, and the (uid, gid) to drop to
 # once the device is open (None: a call from within a process).
-_config = {'files': (), 'directories': (), 'instance': None, 'run_as': None}
+_config: dict = {'files': (), 'directories': (), 'instance': None,
+                'run_as': None}
 # What this run has read (see _per_run).
 _run: dict = {}
 HelperError = stream.HelperError
