@@ -46,9 +46,8 @@ from nova.virt import vpmem_stream as wire
 
 MIB = 1024 * 1024
 LABEL = 2 * MIB
-HELPER = [sys.executable, '-m', 'nova.cmd.vpmem_copy']
-VENV_HELPER = os.path.join(os.path.dirname(sys.executable),
-                           'nova-vpmem-copy')
+# As nova-compute runs it: by its own Python, isolated.
+HELPER = [sys.executable, '-I', '-m', 'nova.cmd.vpmem_copy']
 NOVA_CONF = '/etc/nova/nova.conf'
 # The instance every copy of these tests acts for, and another one.
 INSTANCE = 'a6c3e2b4-6d0f-4b8e-9c51-3f7d2e8a1b90'
@@ -82,6 +81,9 @@ def write_owners(owners, incoming=()):
         os.unlink(record.path)
     for name, owner in owners.items():
         record.set([name], owner, incoming=name in incoming)
+    # The helper reads the record once per run: the calls of its functions
+    # in this process after a new record are a new run.
+    helper._run.clear()
     return record.path
 
 
@@ -438,12 +440,12 @@ for args in json.loads(sys.argv[1]):
     pairs = [vpmem_copy.NamespacePair(*p) for p in args.pop('pairs')]
     call = getattr(vpmem_copy, args.pop('call'))
     try:
-        answers.append({'result': call(pairs, helper=[%r], instance=%r,
+        answers.append({'result': call(pairs, helper=%r, instance=%r,
                                        **args)})
     except Exception as e:
         answers.append({'error': '%%s: %%s' %% (type(e).__name__, e)})
 print(json.dumps(answers))
-""" % (VENV_HELPER, INSTANCE)
+""" % (HELPER, INSTANCE)
 
 
 class SudoTestCase(DaxTestBase):
@@ -463,7 +465,7 @@ class SudoTestCase(DaxTestBase):
         subprocess.run(['useradd', '--system', '--no-create-home', 'nova'],
                        capture_output=True)
         with open('/etc/sudoers.d/nova-vpmem-copy', 'w') as f:
-            f.write('nova ALL = (root) NOPASSWD: %s\n' % VENV_HELPER)
+            f.write('nova ALL = (root) NOPASSWD: %s *\n' % ' '.join(HELPER))
         os.chmod('/etc/sudoers.d/nova-vpmem-copy', 0o440)
         with open('/etc/hosts', 'a') as f:
             f.write('127.0.1.1 %s\n' % os.uname().nodename)
@@ -546,8 +548,8 @@ class SudoTestCase(DaxTestBase):
             with open('/proc/locks') as f:
                 self.assertIn(' %d ' % helper_pid, f.read())
         finally:
-            proc.stdin.close()
-            _out, err = proc.communicate(timeout=120)
+            # No stream comes: stdin ends.
+            _out, err = proc.communicate(b'', timeout=120)
         # The stream it waited for never came.
         self.assertEqual(wire.EXIT_TRUNCATED, proc.returncode, err)
         self.assertIn(b'stream truncated before its header', err)
@@ -564,8 +566,8 @@ class SudoTestCase(DaxTestBase):
             return None
 
     def test_helper_drops_to_the_sudo_user_before_the_stream(self):
-        self.assert_receives_as(['runuser', '-u', 'nova', '--', 'sudo', '-n',
-                                 VENV_HELPER], 'nova')
+        self.assert_receives_as(
+            ['runuser', '-u', 'nova', '--', 'sudo', '-n'] + HELPER, 'nova')
 
     def test_helper_run_by_root_drops_to_nobody(self):
         self.assert_receives_as(HELPER, 'nobody')

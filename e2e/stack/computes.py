@@ -87,7 +87,7 @@ CREATED_USER_MARK = base.STATE / 'created-nova-user'
 # with this host's paths, and the privsep helper's, which nova-compute
 # starts through sudo (nova's packages use rootwrap for it).
 SUDOERS = '''# nova stack (tools/cloud): what nova-compute may run as root.
-nova ALL = (root) NOPASSWD: {bin}/nova-vpmem-copy
+nova ALL = (root) NOPASSWD: {bin}/python -I -m nova.cmd.vpmem_copy *
 nova ALL = (root) NOPASSWD: {bin}/privsep-helper
 '''
 LIBVIRTD_CONF = '''
@@ -409,9 +409,9 @@ def setup_ssh():
                  'nova stack vPMEM copy key', '-f', str(COPY_KEY))
     copy_pubkey = COPY_KEY.with_suffix('.pub').read_text().strip()
     for host in ALL_HOSTS:
-        gate = 'restrict,command="%s sudo -n %s" %s\n' % (
-            host.venv_bin / 'nova-vpmem-copy-gate',
-            host.venv_bin / 'nova-vpmem-copy', copy_pubkey)
+        gate = ('restrict,command="%s sudo -n %s -I -m nova.cmd.vpmem_copy" '
+                '%s\n' % (host.venv_bin / 'nova-vpmem-copy-gate',
+                          host.venv_bin / 'python', copy_pubkey))
         host.write_sshd_config(pubkey + gate, [host.venv_bin], {},
                                user=NOVA_USER)
         _install_keys(host, identity)

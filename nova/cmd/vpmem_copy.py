@@ -35,7 +35,8 @@ namespace, opens its device and locks the range:
 
 Then it drops its privileges to the user that called it through sudo (or
 ``nobody``) and runs the stream code (``nova.virt.vpmem_stream``) on the
-descriptor it opened: a stream can reach no other file.
+descriptor it opened: a stream can reach no other file. It runs as root
+only as ``python3 -I -m nova.cmd.vpmem_copy``.
 """
 
 import argparse
@@ -619,15 +620,17 @@ def _run_command(args):
 
 
 def main(argv=None):
-    """Run the helper; as a program (no argv), isolated and as root.
+    """Run the helper as a program (no argv), or from within a process.
 
     A call with argv from within a process keeps the process' privileges.
     """
-    if argv is None and not sys.flags.isolated:
-        # Root runs no code from the environment, the user's site-packages
-        # or the current directory.
-        os.execv(sys.executable, [sys.executable, '-I', '-m',
-                                  'nova.cmd.vpmem_copy'] + sys.argv[1:])
+    if argv is None and os.geteuid() == 0 and not sys.flags.isolated:
+        # Python reads the environment, the user's site-packages and the
+        # current directory before any code of ours runs: only the
+        # interpreter's -I keeps them from root.
+        sys.stderr.write('nova-vpmem-copy: run it as root only as "python3 '
+                         '-I -m nova.cmd.vpmem_copy"\n')
+        return USAGE
     args = _parser().parse_args(argv)
     os.environ['PATH'] = SAFE_PATH
     _config.update(files=args.config_file, directories=args.config_dir,

@@ -15,12 +15,13 @@
 On every compute host, the copy's key logs in as the nova user with an
 authorized_keys line like::
 
-    restrict,command="nova-vpmem-copy-gate sudo -n nova-vpmem-copy" KEY
+    restrict,command="nova-vpmem-copy-gate RUNNER..." KEY
 
-``nova-vpmem-copy-gate RUNNER...`` runs the ``receive``, ``zero`` or
-``check`` of ``nova-vpmem-copy`` that the client asked for (ssh's
-``SSH_ORIGINAL_COMMAND``) with RUNNER, the command that runs the helper as
-root, after checking its arguments with the helper's own parser; it
+where RUNNER is the command that runs the helper as root, such as ``sudo -n
+/usr/bin/python3 -I -m nova.cmd.vpmem_copy``. The gate runs the
+``receive``, ``zero`` or ``check`` of ``nova-vpmem-copy`` that the client
+asked for (ssh's ``SSH_ORIGINAL_COMMAND``) with RUNNER, after checking its
+arguments with the helper's own parser; it
 refuses anything else, and never reads a namespace. It runs as the login
 user, not as root, and is not part of the root helper.
 """

@@ -900,23 +900,31 @@ class PrivilegeTestCase(HelperTestBase):
                     self.assertEqual((nobody.pw_uid, nobody.pw_gid),
                                      helper._caller(), env)
 
-    @mock.patch('os.execv', side_effect=SystemExit(0))
-    def test_program_runs_isolated(self, mock_execv):
-        # The tests do not run isolated: the program starts itself again.
+    @mock.patch('os.geteuid', return_value=0)
+    def test_program_runs_as_root_only_isolated(self, mock_geteuid):
+        stderr = self.useFixture(fixtures.StringStream('stderr')).stream
+        self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
+        seen = self._record_drop()
+        before = self._read(self.dst)
+        # The tests do not run isolated, as "python3 -I" would.
         self.assertFalse(sys.flags.isolated)
-        with mock.patch.object(helper.sys, 'argv', ['nova-vpmem-copy',
-                                                    'zero']):
-            self.assertRaises(SystemExit, helper.main)
-        mock_execv.assert_called_once_with(
-            sys.executable, [sys.executable, '-I', '-m',
-                             'nova.cmd.vpmem_copy', 'zero'])
+        with mock.patch.object(helper.sys, 'argv',
+                               ['nova-vpmem-copy', '--instance',
+                                uuids.instance, 'zero', '--namespace',
+                                DEST_NS]):
+            self.assertEqual(wire.EXIT_USAGE, helper.main())
+        self.assertEqual({}, seen)
+        self.assertEqual(before, self._read(self.dst))
+        stderr.seek(0)
+        self.assertIn('run it as root only as "python3 -I -m '
+                      'nova.cmd.vpmem_copy"', stderr.read())
 
     def test_program_drops_to_its_caller(self):
         stderr = self.useFixture(fixtures.StringStream('stderr')).stream
         self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
         seen = self._record_drop()
-        # As if it had started itself isolated.
-        with mock.patch('os.execv'), \
+        # Not as root here, so not isolated either.
+        with mock.patch('os.geteuid', return_value=1000), \
                 mock.patch.object(helper, '_caller', return_value=(7, 8)), \
                 mock.patch.object(helper.sys, 'argv',
                                   ['nova-vpmem-copy', '--instance',
