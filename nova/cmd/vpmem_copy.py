@@ -346,8 +346,8 @@ def _user_of(fd):
             except OSError as e:
                 if int(pid) in ancestors:
                     continue
-                raise HelperError(DENIED, 'cannot tell whether process '
-                                  '%s uses the device: %s' % (pid, e))
+                raise HelperError(DENIED, 'cannot tell whether process %s '
+                                  'uses the device: %s' % (pid, e))
         else:
             return None
         # A helper starting now opens the device before it marks it.
@@ -378,8 +378,8 @@ def _stop_helpers(fd, offset, length, timeout=HELPER_EXIT_WAIT,
         while not _lock(fd, True, offset, length):
             now = time.monotonic()
             if now > deadline:
-                raise HelperError(DENIED, 'the device is still locked '
-                                  'by nova-vpmem-copy processes %s after %d '
+                raise HelperError(DENIED, 'the device is still locked by '
+                                  'nova-vpmem-copy processes %s after %d '
                                   'seconds' % (sorted(stopping), timeout))
             for pid in _helpers(st, offset, length) - set(stopping):
                 try:
@@ -420,14 +420,14 @@ def _open(name, offset, length, use, in_use_ok=False):
     fd = os.open(ns['path'], os.O_RDWR if writable else os.O_RDONLY)
     try:
         if not _lock(fd, False, HELPER_MARK, 1):
-            raise HelperError(DENIED, '%s is locked: nova is '
-                              'zeroing it' % name)
+            raise HelperError(DENIED, '%s is locked: nova is zeroing it' %
+                              name)
         if use == 'zero':
             _stop_helpers(fd, offset, length)
         elif not _lock(fd, writable, offset, length):
-            raise HelperError(DENIED, 'bytes %d+%d of %s are '
-                              'locked by another nova-vpmem-copy' % (
-                                  offset, length, name))
+            raise HelperError(DENIED, 'bytes %d+%d of %s are locked by '
+                              'another nova-vpmem-copy' % (offset, length,
+                                                           name))
         if not in_use_ok:
             _refuse_users(fd, ns['path'])
     except BaseException:
@@ -452,11 +452,11 @@ def _caller():
     """The (uid, gid) that a run as root drops to, None if not root."""
     if os.geteuid() != 0:
         return None
-    # sudo sets these to the user who ran it, whatever the environment.
+    # sudo sets it to the user who ran it, whatever the environment.
+    user = pwd.getpwnam('nobody')
     if os.environ.get('SUDO_UID', '0') != '0':
-        return int(os.environ['SUDO_UID']), int(os.environ['SUDO_GID'])
-    nobody = pwd.getpwnam('nobody')
-    return nobody.pw_uid, nobody.pw_gid
+        user = pwd.getpwuid(int(os.environ['SUDO_UID']))
+    return user.pw_uid, user.pw_gid
 
 
 def _drop_privileges():
@@ -536,8 +536,7 @@ def check(names, lengths, out=None, sources=False):
     """
     out = out or sys.stdout
     if len(names) != len(lengths):
-        raise HelperError(USAGE, 'give one --length per '
-                          '--namespace')
+        raise HelperError(USAGE, 'give one --length per --namespace')
     for name, length in zip(names, lengths):
         fd = _open(name, 0, length, 'read' if sources else 'write',
                    in_use_ok=sources)[0]
@@ -599,13 +598,12 @@ def _parser():
 
 def _run_command(args):
     if not _is_uuid(args.instance):
-        raise HelperError(USAGE, '--instance must be the UUID of '
-                          'the instance to act for, not %r' % args.instance)
+        raise HelperError(USAGE, '--instance must be the UUID of the '
+                          'instance to act for, not %r' % args.instance)
     if args.command == 'send':
         if not stream.MIN_CHUNK <= args.chunk_size <= stream.MAX_CHUNK:
-            raise HelperError(USAGE, 'the chunk size must be %d '
-                              'to %d bytes' % (stream.MIN_CHUNK,
-                                               stream.MAX_CHUNK))
+            raise HelperError(USAGE, 'the chunk size must be %d to %d '
+                              'bytes' % (stream.MIN_CHUNK, stream.MAX_CHUNK))
         send(args.namespace, args.offset, args.length, args.chunk_size,
              args.digest, args.rate, live=args.live,
              record_fd=0 if args.with_record else None,

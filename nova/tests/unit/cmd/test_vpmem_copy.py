@@ -890,9 +890,12 @@ class PrivilegeTestCase(HelperTestBase):
             # Not root: nothing to drop.
             self.assertIsNone(helper._caller())
         with mock.patch('os.geteuid', return_value=0):
-            with mock.patch.dict(os.environ, {'SUDO_UID': '1234',
-                                              'SUDO_GID': '5678'}):
+            # The user sudo ran it for, with that user's group.
+            with mock.patch.dict(os.environ, {'SUDO_UID': '1234'}), \
+                    mock.patch('pwd.getpwuid', return_value=mock.Mock(
+                        pw_uid=1234, pw_gid=5678)) as getpwuid:
                 self.assertEqual((1234, 5678), helper._caller())
+            getpwuid.assert_called_once_with(1234)
             nobody = pwd.getpwnam('nobody')
             # Root itself, or root without sudo.
             for env in ({}, {'SUDO_UID': '0', 'SUDO_GID': '0'}):
