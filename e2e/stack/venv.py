@@ -84,10 +84,14 @@ def ensure():
         args += ['-e', str(tree)]
     args += ['-r', str(base.ROOT / 'requirements.txt'), '-r',
              str(REQUIREMENTS)]
+    # The package metadata, entry points included: a new console script
+    # needs a new install even into an editable tree.
+    metadata = [tree / name for tree in trees
+                for name in ('setup.cfg', 'pyproject.toml')
+                if (tree / name).exists()]
     install(base.VENV_BIN, args,
-             [base.ROOT / 'requirements.txt', REQUIREMENTS] +
-             [tree / 'setup.cfg' for tree in trees],
-             'the services', 'pip-install.log')
+            [base.ROOT / 'requirements.txt', REQUIREMENTS] + metadata,
+            'the services', 'pip-install.log')
 
 
 def pristine_nova_sdist():
