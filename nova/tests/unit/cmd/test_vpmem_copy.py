@@ -876,7 +876,15 @@ class PrivilegeTestCase(HelperTestBase):
     def test_a_refused_call_drops_nothing_and_opens_nothing(self):
         seen = self._record_drop()
         self._give({SOURCE_NS: uuids.other})
-        self.assertRaises(wire.HelperError, self._send)
+        real_open = os.open
+
+        def no_device(path, *args):
+            # The owners file is read; no namespace's device is opened.
+            self.assertNotIn(path, (self.src, self.dst))
+            return real_open(path, *args)
+        with mock.patch('os.open', side_effect=no_device):
+            exc = self.assertRaises(wire.HelperError, self._send)
+        self.assertEqual(wire.EXIT_DENIED, exc.code)
         self.assertEqual({}, seen)
 
     def test_calls_from_within_a_process_keep_its_privileges(self):
