@@ -57,8 +57,8 @@ from e2e.stack import hosts
 MIB = 1024 * 1024
 # A namespace must be a multiple of 16 MiB plus the 2 MiB label area for the
 # guest kernel to create a device-DAX namespace on it.
-SMALL_SIZE = 258 * MIB
-LARGE_SIZE = 514 * MIB
+SMALL_SIZE = 130 * MIB
+LARGE_SIZE = 258 * MIB
 LAYOUT = (('SMALL', 'ns_0', SMALL_SIZE), ('SMALL', 'ns_1', SMALL_SIZE),
           ('LARGE', 'ns_2', LARGE_SIZE))
 PMEM_NAMESPACES_OPTION = 'SMALL:ns_0|ns_1,LARGE:ns_2'

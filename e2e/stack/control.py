@@ -327,8 +327,9 @@ def _keystone_up():
                OS_KEYSTONE_CONFIG_DIR=str(conf.parent))
 
 
-def _request(method, url, body=None, auth_token=None):
-    headers = {'Accept': 'application/json'}
+def request(method, url, body=None, auth_token=None, headers=None):
+    """One JSON request; (response headers, decoded body)."""
+    headers = dict(headers or {}, Accept='application/json')
     data = None
     if body is not None:
         headers['Content-Type'] = 'application/json'
@@ -345,7 +346,7 @@ def _request(method, url, body=None, auth_token=None):
 def token(user='admin', project='admin'):
     """A project-scoped token of ``user`` (every password is PASSWORD)."""
     domain = {'id': 'default'}
-    headers, _body = _request('POST', AUTH_URL + '/auth/tokens', {'auth': {
+    headers, _body = request('POST', AUTH_URL + '/auth/tokens', {'auth': {
         'identity': {'methods': ['password'], 'password': {'user': {
             'name': user, 'domain': domain, 'password': base.PASSWORD}}},
         'scope': {'project': {'name': project, 'domain': domain}}}})
@@ -354,7 +355,7 @@ def token(user='admin', project='admin'):
 
 def placement(path, auth_token):
     """GET path from placement with auth_token; the decoded body."""
-    return _request('GET', PLACEMENT_URL + path, auth_token=auth_token)[1]
+    return request('GET', PLACEMENT_URL + path, auth_token=auth_token)[1]
 
 
 class _Identity(object):
@@ -364,7 +365,7 @@ class _Identity(object):
         self.token = token()
 
     def call(self, method, path, body=None):
-        return _request(method, '%s/%s' % (AUTH_URL, path), body,
+        return request(method, '%s/%s' % (AUTH_URL, path), body,
                         self.token)[1]
 
     def ensure(self, collection, query, body=None):

@@ -42,7 +42,7 @@ from e2e.stack import guest_image
 from e2e.stack import nova
 from e2e.stack import scenario
 
-BANDWIDTH = 8           # MiB/s
+BANDWIDTH = 4           # MiB/s
 INTO_COPY = 4           # seconds between the sender's start and the kill
 INTERVAL = 10           # update_resources_interval, seconds
 GONE_WITHIN = 60        # the copy's processes end within this after restart
@@ -162,9 +162,9 @@ def wait_migration(server, status, timeout=300):
     """Wait until the server's last migration has status; return it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = migrations(server)
-        if found and found[0]['Status'] == status:
-            return found[0]
+        found = server.migrations()
+        if found and found[0]['status'] == status:
+            return migrations(server)[0]
         time.sleep(2)
     raise scenario.ScenarioError('the migration of %s is not %s after %ds' %
                                  (server.name, status, timeout))
@@ -174,9 +174,9 @@ def wait_settled(server, timeout=300):
     """Wait until the server has no task; return its `server show`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = server.show()
+        info = scenario.API.call('GET', '/servers/%s' % server.id)['server']
         if info['OS-EXT-STS:task_state'] is None:
-            return info
+            return server.show()
         time.sleep(2)
     raise scenario.ScenarioError('%s still has a task after %ds' % (
         server.name, timeout))

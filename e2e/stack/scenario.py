@@ -12,12 +12,14 @@
 
 """The real cloud's proof: what the guest itself sees after each move.
 
-Everything goes through the real ``openstack`` CLI with real Keystone
-tokens: the tenant ``demo`` owns the server, ``admin`` moves it. After each
-step the scenario waits for the guest's own console line (``openstack
-console log show``) from a boot it has not seen yet, and compares it with
-the line of the first boot. It also looks at the namespaces' files (on the
-host that should have zeroed them), but the guest's line is the proof.
+Every action goes through the real ``openstack`` CLI with real Keystone
+tokens: the tenant ``demo`` owns the server, ``admin`` moves it, and the
+CLI shows where it went. The waits in between poll Nova's API directly
+(``nova.ComputeApi``): after each step the scenario waits for the guest's
+own console line (the server's console output) from a boot it has not seen
+yet, and compares it with the line of the first boot. It also looks at the
+namespaces' files (on the host that should have zeroed them), but the
+guest's line is the proof.
 
 ``run()`` yields one ``Step`` per row of the demo's table; the test group
 (``test_cloud``) and ``tools/demo`` run the same steps.
@@ -30,8 +32,10 @@ import time
 from e2e.stack import base
 from e2e.stack import computes
 from e2e.stack import guest_image
+from e2e.stack import nova
 
 COPY_VERSION = '2.105'
+API = nova.ComputeApi(COPY_VERSION)
 Step = collections.namedtuple('Step', 'name ok detail line')
 
 
@@ -102,7 +106,7 @@ class Server(object):
         progress = Progress()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            info = self.show()
+            info = API.call('GET', '/servers/%s' % self.id)['server']
             if info['status'] == wanted:
                 return info
             progress('%s is %s, waiting for %s' % (
@@ -116,15 +120,18 @@ class Server(object):
         raise ScenarioError('%s not %s after %ds (still %s)' % (
             self.name, wanted, timeout, info['status']))
 
+    def migrations(self):
+        """Its migrations from Nova's API, the newest first."""
+        return API.call('GET', '/os-migrations?instance_uuid=%s' %
+                        self.id)['migrations']
+
     def _fail_on_failed_move(self):
         """A move refused by the compute rolls back to ACTIVE: say so."""
-        migrations = json.loads(self.action(
-            'server', 'migration', 'list', '--server', self.id, '-f',
-            'json').stdout)
-        if migrations and migrations[0]['Status'] == 'error':
+        migrations = self.migrations()
+        if migrations and migrations[0]['status'] == 'error':
             raise ScenarioError('the move of %s failed (migration %s); see '
                                 'the nova-compute logs in %s' % (
-                                    self.name, migrations[0]['Id'],
+                                    self.name, migrations[0]['id'],
                                     base.LOGS))
 
     def console(self):
@@ -136,7 +143,9 @@ class Server(object):
         progress = Progress()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = guest_image.parse_line(self.console())
+            output = API.call('POST', '/servers/%s/action' % self.id,
+                              {'os-getConsoleOutput': {}})['output']
+            line = guest_image.parse_line(output)
             if line and line['boot'] not in self.seen_boots:
                 self.seen_boots.add(line['boot'])
                 return line
