@@ -12,7 +12,8 @@
 
 """tools/cloud: bring the real two-host cloud up, down, or show it.
 
-  up      install what is missing, start every service on empty state
+  up      install what is missing (nova and the clients from the wheels
+          of tools/workspace dist), start every service on empty state
           (the data of the last cloud is dropped), upload the guest image
           and create the vPMEM flavors (about 3 minutes once built)
   down    stop every process the cloud started, by pid; remove its
@@ -49,8 +50,10 @@ def up(old_compute=False):
     """Bring the cloud up; old_compute adds hostC on unpatched Nova."""
     started = time.monotonic()
     subprocess.run([str(base.ROOT / 'tools' / 'setup-host')], check=True)
-    subprocess.run([sys.executable, str(base.ROOT / 'tools' / 'workspace'),
-                    'build'], check=True)
+    for command in ('build', 'dist'):
+        subprocess.run([sys.executable,
+                        str(base.ROOT / 'tools' / 'workspace'), command],
+                       check=True)
     venv.ensure()
     venv.ensure_old()
     paths = guest_image.build()

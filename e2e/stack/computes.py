@@ -207,6 +207,8 @@ class ComputeHost(hosts.Host):
         sudoers = self.private('/etc/sudoers.d') / 'nova'
         sudoers.write_text(SUDOERS.format(bin=self.venv_bin))
         sudoers.chmod(0o440)
+        # The deployment guide's syntax check of the file.
+        base.run('visudo', '-cf', str(sudoers))
 
     def _mount_pmem_storage(self):
         """A tmpfs that holds exactly this host's namespaces.

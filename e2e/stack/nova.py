@@ -30,8 +30,8 @@ NOVA_ETC = base.ETC / 'nova'
 NOVA_CONF = NOVA_ETC / 'nova.conf'
 API_PORT = 8774
 API_URL = 'http://%s:%d/v2.1' % (base.CONTROLLER, API_PORT)
-API_PASTE = base.ROOT / '.workspace' / 'nova' / 'etc' / 'nova' / (
-    'api-paste.ini')
+# Installed by nova's wheel, as its data file etc/nova/api-paste.ini.
+API_PASTE = base.VENV_BIN.parent / 'etc' / 'nova' / 'api-paste.ini'
 
 
 def _common(my_ip):

@@ -26,6 +26,10 @@ from e2e.stack import scenario
 # The instance the helper command below acts for: the gate refuses a send
 # before the helper reads the owners file, whichever instance it names.
 INSTANCE = '7b1f0c2e-3d4a-4e5b-8c6d-9e0f1a2b3c4d'
+# The deployment guide's readiness check names an instance that does not
+# exist.
+NO_INSTANCE = '00000000-0000-0000-0000-000000000000'
+EXIT_DENIED = 6
 
 
 class StepsTestCase(unittest.TestCase):
@@ -125,7 +129,33 @@ class CopyKeyTestCase(unittest.TestCase):
                 print('\n  %s: ssh %s -> exit %d: %s' % (
                     host.name, ' '.join(map(str, command)) or '(shell)',
                     out.returncode, out.stderr.strip()[-120:]), flush=True)
-                self.assertEqual(6, out.returncode, out.stderr)
+                self.assertEqual(EXIT_DENIED, out.returncode, out.stderr)
                 self.assertEqual('', out.stdout)
                 self.assertIn('this key only runs nova-vpmem-copy',
                               out.stderr)
+
+    def test_readiness_check_of_the_deployment_guide(self):
+        """Each host asks the other's helper, as the guide's check does.
+
+        The answer of a ready host is the helper's own refusal: ssh took
+        the copy's key and the pinned host key, the gate ran the helper
+        through sudo, and the helper found the namespace and its owner.
+        """
+        known_hosts = computes.CLIENT_DIR / 'known_hosts'
+        for source, dest in zip(computes.HOSTS, computes.HOSTS[::-1]):
+            ns = dest.namespaces[0]
+            out = source.run_in(
+                'sudo', '-u', computes.NOVA_USER, 'ssh', '-i',
+                computes.COPY_KEY_IN_HOME, '-o', 'IdentitiesOnly=yes', '-o',
+                'BatchMode=yes', '-o', 'StrictHostKeyChecking=yes', '-o',
+                'UserKnownHostsFile=%s' % known_hosts, dest.address,
+                'nova-vpmem-copy', '--instance', NO_INSTANCE, 'check',
+                '--namespace', ns.name, '--length', '4096', check=False)
+            print('\n  %s -> %s: exit %d: %s' % (
+                source.name, dest.name, out.returncode, out.stderr.strip()),
+                flush=True)
+            self.assertEqual(EXIT_DENIED, out.returncode, out.stderr)
+            self.assertEqual('', out.stdout)
+            self.assertIn('this host did not give namespace %s to instance '
+                          '%s for its move here' % (ns.name, NO_INSTANCE),
+                          out.stderr)

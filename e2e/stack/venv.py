@@ -14,16 +14,17 @@
 
 It is separate from ``.venv`` on purpose: Keystone, Glance and Neutron pull
 in packages (neutron-lib registers flake8 checks, for one) that would change
-what the unit tests and flake8 of ``.venv`` run with. The patched trees of
-``.workspace`` are installed editable, so the cloud runs exactly the code
-the other test groups test. It runs on the distribution's Python, as
+what the unit tests and flake8 of ``.venv`` run with. Nova and the clients
+come from the versioned wheels ``tools/workspace dist`` builds from the
+repository's patch series (``.workspace/dist``), the artifacts an operator
+installs; the other test groups test the same series in ``.workspace``'s
+trees. It runs on the distribution's Python, as
 packaged services do: nova-compute runs as the nova user, which may not
 reach an interpreter in root's home (pyenv's, for one).
 """
 
 import hashlib
 import json
-import os
 import pathlib
 import subprocess
 
@@ -32,14 +33,16 @@ from e2e.stack import base
 REQUIREMENTS = base.ROOT / 'e2e' / 'stack' / 'requirements.txt'
 PROJECTS = ('nova', 'openstacksdk', 'python-openstackclient')
 PYTHON = pathlib.Path('/usr/bin/python3')
+DIST = base.ROOT / '.workspace' / 'dist'
 
 
-def install(venv_bin, args, inputs, what, log_name):
+def install(venv_bin, args, inputs, what, log_name, reinstall=()):
     """Install args into the venv of venv_bin unless it is up to date.
 
     The venv is up to date when the pip arguments and the files in
-    ``inputs`` (requirement files, package metadata) are what its stamp
-    recorded.
+    ``inputs`` (requirement files, package metadata, checksums) are what its
+    stamp recorded. ``reinstall`` (some of args) is installed again even at
+    the same version: a rebuilt artifact may keep its version.
     """
     venv = venv_bin.parent
     stamp = hashlib.sha256(' '.join([str(PYTHON)] + args).encode())
@@ -55,13 +58,14 @@ def install(venv_bin, args, inputs, what, log_name):
     base.say('installing %s into %s (a few minutes the first time; log %s)'
              % (what, venv, log_path))
     base.LOGS.mkdir(parents=True, exist_ok=True)
-    # Keep pbr from rewriting the workspace trees' AUTHORS and ChangeLog.
-    env = dict(os.environ, SKIP_GENERATE_AUTHORS='1',
-               SKIP_WRITE_GIT_CHANGELOG='1')
+    pip = [str(venv_bin / 'python'), '-m', 'pip', 'install', '-q']
     with open(log_path, 'w') as log:
-        subprocess.run([str(venv_bin / 'python'), '-m', 'pip', 'install',
-                        '-q', *args], check=True, env=env, stdout=log,
+        subprocess.run(pip + args, check=True, stdout=log,
                        stderr=subprocess.STDOUT)
+        if reinstall:
+            subprocess.run(pip + ['--no-deps', '--force-reinstall',
+                                  *reinstall], check=True, stdout=log,
+                           stderr=subprocess.STDOUT)
     stamp_file.write_text(stamp.hexdigest())
 
 
@@ -77,21 +81,24 @@ def _runs_on(venv, python):
 
 
 def ensure():
-    """Create or update the services' venv (patched workspace trees)."""
-    trees = [base.ROOT / '.workspace' / project for project in PROJECTS]
-    args = []
-    for tree in trees:
-        args += ['-e', str(tree)]
-    args += ['-r', str(base.ROOT / 'requirements.txt'), '-r',
-             str(REQUIREMENTS)]
-    # The package metadata, entry points included: a new console script
-    # needs a new install even into an editable tree.
-    metadata = [tree / name for tree in trees
-                for name in ('setup.cfg', 'pyproject.toml')
-                if (tree / name).exists()]
+    """Create or update the services' venv from the patched artifacts.
+
+    The wheels ``tools/workspace dist`` built, as an operator installs
+    them: every cloud test also proves the packages (their entry points and
+    data files).
+    """
+    sums = DIST / 'SHA256SUMS'
+    # As the deployment guide says: the artifacts match their checksums.
+    base.run('sha256sum', '--check', '--quiet', sums.name, cwd=DIST)
+    wheels = sorted(str(DIST / line.split()[1])
+                    for line in sums.read_text().splitlines()
+                    if line.endswith('.whl'))
+    args = wheels + ['-r', str(base.ROOT / 'requirements.txt'), '-r',
+                     str(REQUIREMENTS)]
     install(base.VENV_BIN, args,
-            [base.ROOT / 'requirements.txt', REQUIREMENTS] + metadata,
-            'the services', 'pip-install.log')
+            [base.ROOT / 'requirements.txt', REQUIREMENTS, sums],
+            'the services and the patched wheels of %s' % DIST,
+            'pip-install.log', reinstall=wheels)
 
 
 def pristine_nova_sdist():

@@ -248,5 +248,71 @@ class WorkspaceToolTest(unittest.TestCase):
         self.assertIn('demo/core.py', message)
 
 
+# Stands in for "python -m build" in the dist tests: it writes what the
+# build would see (its version, file dates and the tree) into --outdir.
+FAKE_BUILD = """#!/bin/sh
+out=$7 tree=$8
+printf '%s %s' "$PBR_VERSION" "$SOURCE_DATE_EPOCH" >"$out/seen"
+cp "$tree/demo/core.py" "$out/core.py"
+"""
+
+
+class DistTest(unittest.TestCase):
+    """tools/workspace dist, with a stand-in for the pinned build tools."""
+
+    setUp = WorkspaceToolTest.setUp
+    write_pins = WorkspaceToolTest.write_pins
+    build = WorkspaceToolTest.build
+    export = WorkspaceToolTest.export
+    commit_change = WorkspaceToolTest.commit_change
+
+    def released(self):
+        """A repository whose series has one patch; the project in it."""
+        self.build()
+        self.commit_change()
+        self.export()
+        return workspace.load_projects(self.root)[0]
+
+    def test_version_names_the_series(self):
+        self.assertEqual('1.0+vpmem.1',
+                         workspace.dist_version(self.released()))
+
+    def test_builds_from_the_repository_not_the_workspace(self):
+        project = self.released()
+        # Work in the workspace that was never exported does not count.
+        (self.tree / 'demo' / 'core.py').write_text('UNEXPORTED = 1\n')
+        git(self.tree, 'commit', '-qam', 'Not exported')
+        fake = self.tmp / 'fake-python'
+        fake.write_text(FAKE_BUILD)
+        fake.chmod(0o755)
+        out = self.tmp / 'out'
+        out.mkdir()
+
+        workspace.build_dist(project, fake, self.tmp / 'fresh', out)
+
+        self.assertEqual('1.0+vpmem.1 %s' % workspace.SOURCE_DATE_EPOCH,
+                         (out / 'seen').read_text())
+        self.assertEqual('def answer():\n    return 42\n',
+                         (out / 'core.py').read_text())
+
+    def test_any_input_changes_the_build_info(self):
+        project = self.released()
+        (self.root / 'tools').mkdir()
+        (self.root / workspace.DIST_REQUIREMENTS).write_text('build\n')
+        before = workspace.dist_info(self.root, [project])
+        (self.root / 'demo' / 'extra.py').write_text('EXTRA = False\n')
+        self.assertNotEqual(before, workspace.dist_info(self.root, [project]))
+
+    def test_artifacts_that_differ_from_their_checksums_are_rebuilt(self):
+        out = self.tmp / 'dist'
+        out.mkdir()
+        (out / 'demo-1.0.whl').write_bytes(b'wheel')
+        (out / 'SHA256SUMS').write_text('%s  demo-1.0.whl\n' % (
+            hashlib.sha256(b'wheel').hexdigest()))
+        self.assertTrue(workspace._artifacts_intact(out))
+        (out / 'demo-1.0.whl').write_bytes(b'other')
+        self.assertFalse(workspace._artifacts_intact(out))
+
+
 if __name__ == '__main__':
     unittest.main()
