@@ -31,7 +31,6 @@ import subprocess
 from e2e.stack import base
 
 REQUIREMENTS = base.ROOT / 'e2e' / 'stack' / 'requirements.txt'
-PROJECTS = ('nova', 'openstacksdk', 'python-openstackclient')
 PYTHON = pathlib.Path('/usr/bin/python3')
 DIST = base.ROOT / '.workspace' / 'dist'
 
