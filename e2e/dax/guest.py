@@ -270,11 +270,26 @@ def run(script, namespaces, timeout=1500, memory_mib=1024):
         return (1 if code is None else code), lines
 
 
+def compile_nova():
+    """Compile nova's modules here, before the guest reads them.
+
+    The guest sees the tree read-only, so its processes that do not run as
+    root (nova's, behind sudo) would compile what they import under TCG
+    every time. The guest runs this machine's Python: the bytecode fits.
+    """
+    start = time.monotonic()
+    _run(str(ROOT / '.venv' / 'bin' / 'python'), '-m', 'compileall', '-q',
+         '-j', '0', '-x', '/tests/', str(ROOT / '.workspace' / 'nova' /
+                                         'nova'), stdout=subprocess.DEVNULL)
+    say('compiled nova in %.0f s' % (time.monotonic() - start))
+
+
 def run_unittest(module, namespaces):
     """Run a unittest module in the guest.
 
     :returns: (passed, failed, skipped)
     """
+    compile_nova()
     script = CACHE / 'run-tests.sh'
     CACHE.mkdir(parents=True, exist_ok=True)
     script.write_text(
