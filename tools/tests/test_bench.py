@@ -62,9 +62,11 @@ class TestCheckout(unittest.TestCase):
         self.assertEqual(bench.ROOT, bench.checkout('workspace', self.base))
 
     def test_revision_holds_its_own_engine_and_helper(self):
-        # The first commit with the current engine, so that a revision
-        # other than HEAD is built and compared with its own files.
-        rev = _git('log', '-1', '--format=%h', '--', ENGINE).decode().strip()
+        # The last revision that kept the engine at its in-tree path (the
+        # series has carried it since), so that a revision other than HEAD
+        # is built, by its own tool, and compared with its own files.
+        rev = _git('log', '-1', '--diff-filter=AM', '--format=%h', '--',
+                   ENGINE).decode().strip()
         tree = pathlib.Path(bench.checkout(rev, self.base))
         self.assertTrue(str(tree).startswith(self.base))
         for path in (ENGINE, HELPER):

@@ -12,7 +12,7 @@
 
 """Tests of tools/workspace on a tiny synthetic upstream project.
 
-Each test builds a throw-away repository (pins, patches, overlay) around a
+Each test builds a throw-away repository (pins and a patch series) around a
 small sdist made on the fly, so they need git but no network.
 """
 
@@ -67,7 +67,7 @@ class WorkspaceToolTest(unittest.TestCase):
     def write_pins(self, sha256, url=None):
         pins = {'demo': {'version': '1.0',
                          'url': url or self.sdist.as_uri(),
-                         'sha256': sha256, 'overlay_dirs': ['demo']}}
+                         'sha256': sha256}}
         (self.root / 'upstream.json').write_text(json.dumps(pins))
 
     def build(self, discard=False):
@@ -90,13 +90,21 @@ class WorkspaceToolTest(unittest.TestCase):
                 if p.is_file() and '.workspace' not in p.parts}
 
     def commit_change(self):
-        """One workspace commit: an upstream edit plus a new overlay file."""
+        """One workspace commit: an upstream edit plus a new file."""
         (self.tree / 'demo' / 'core.py').write_text(
             'def answer():\n    return 42\n')
         (self.tree / 'demo' / 'extra.py').write_text('EXTRA = True\n')
         git(self.tree, 'add', '-A')
         git(self.tree, 'commit', '-q', '-m',
             'Fix the answer\n\nIt was off by one.')
+
+    def commit_follow_up(self):
+        """A second commit that changes the new file of the first."""
+        (self.tree / 'demo' / 'extra.py').write_text('EXTRA = False\n')
+        git(self.tree, 'commit', '-qam', 'Turn the extra off')
+
+    def patch_dir(self):
+        return self.root / 'patches' / 'demo'
 
     def test_build_lays_out_pristine_then_patches(self):
         self.build()
@@ -105,49 +113,50 @@ class WorkspaceToolTest(unittest.TestCase):
         self.assertEqual('def answer():\n    return 41\n',
                          (self.tree / 'demo' / 'core.py').read_text())
 
-    def test_export_splits_upstream_edits_from_new_files(self):
+    def test_export_writes_each_commit_whole(self):
         self.build()
         self.commit_change()
         self.export()
 
-        patch_dir = self.root / 'patches' / 'demo'
-        self.assertEqual(['0001-Fix-the-answer.patch', 'new-files'],
-                         sorted(p.name for p in patch_dir.iterdir()))
-        patch = (patch_dir / '0001-Fix-the-answer.patch').read_text()
+        self.assertEqual(['0001-Fix-the-answer.patch'],
+                         sorted(p.name for p in self.patch_dir().iterdir()))
+        patch = (self.patch_dir() / '0001-Fix-the-answer.patch').read_text()
         self.assertIn('+    return 42', patch)
-        self.assertNotIn('extra.py', patch)
-        self.assertEqual('EXTRA = True\n',
-                         (self.root / 'demo' / 'extra.py').read_text())
-        self.assertFalse((self.root / 'demo' / 'core.py').exists())
-        self.assertIn('0001-Fix-the-answer.patch demo/extra.py\n',
-                      (patch_dir / 'new-files').read_text())
+        self.assertIn('new file mode 100644', patch)
+        self.assertIn('+EXTRA = True', patch)
+        # No copy of the project's files beside the series.
+        self.assertEqual(['patches/demo/0001-Fix-the-answer.patch',
+                          'upstream.json'], sorted(self.repo_files()))
 
-    def test_build_adds_new_files_to_the_patch_that_introduced_them(self):
+    def test_each_patch_carries_its_own_version_of_a_new_file(self):
         self.build()
         self.commit_change()
+        self.commit_follow_up()
         self.export()
-        (self.root / 'demo' / 'later.py').write_text('LATER = 1\n')
+        follow_up = (self.patch_dir() /
+                     '0002-Turn-the-extra-off.patch').read_text()
+        self.assertIn('-EXTRA = True\n+EXTRA = False', follow_up)
 
-        self.build(discard=True)
+        self.build(discard=True)    # a fresh build from the repository
 
-        log = git(self.tree, 'log', '--format=%s', 'upstream..').split('\n')
-        self.assertEqual(['Add downstream overlay files', 'Fix the answer'],
-                         log[:2])
-        in_patch = git(self.tree, 'show', '--name-only', '--format=',
-                       'HEAD~1').split()
-        self.assertEqual(['demo/core.py', 'demo/extra.py'], sorted(in_patch))
-        self.assertEqual(['demo/later.py'], git(
-            self.tree, 'show', '--name-only', '--format=', 'HEAD').split())
+        self.assertEqual(['Turn the extra off', 'Fix the answer'], git(
+            self.tree, 'log', '--format=%s', 'upstream..').splitlines())
+        self.assertEqual('EXTRA = True\n', git(
+            self.tree, 'show', 'HEAD~1:demo/extra.py'))
+        self.assertEqual('EXTRA = False\n', git(
+            self.tree, 'show', 'HEAD:demo/extra.py'))
 
-    def test_new_files_naming_a_missing_file_is_an_error(self):
+    def test_export_drops_the_patch_of_a_dropped_commit(self):
         self.build()
         self.commit_change()
+        self.commit_follow_up()
         self.export()
-        (self.root / 'demo' / 'extra.py').unlink()
+        git(self.tree, 'reset', '-q', '--hard', 'HEAD~1')
 
-        with self.assertRaisesRegex(workspace.WorkspaceError,
-                                    'demo/extra.py'):
-            self.build(discard=True)
+        self.export()
+
+        self.assertEqual(['0001-Fix-the-answer.patch'],
+                         sorted(p.name for p in self.patch_dir().iterdir()))
 
     def test_round_trip_changes_nothing(self):
         self.build()
@@ -179,8 +188,6 @@ class WorkspaceToolTest(unittest.TestCase):
         self.assertEqual(1, code)
         self.assertIn('patches/demo/0001-Fix-the-answer.patch is in the '
                       'workspace but not exported', out)
-        self.assertIn('demo/extra.py is in the workspace but not exported',
-                      out)
         self.export()
         self.assertEqual(0, self.check()[0])
 
@@ -192,22 +199,30 @@ class WorkspaceToolTest(unittest.TestCase):
         self.assertIn('uncommitted', out)
         self.assertIn('README.rst', out)
 
+    def edit_patch_message(self):
+        """The repository moves on: its patch's message changes."""
+        patch = self.patch_dir() / '0001-Fix-the-answer.patch'
+        patch.write_text(patch.read_text().replace(
+            'It was off by one.', 'It was off by one, says the test.'))
+
     def test_check_reports_repo_changed_since_build(self):
         self.build()
-        (self.root / 'demo').mkdir()
-        (self.root / 'demo' / 'new.py').write_text('NEW = 1\n')
+        self.commit_change()
+        self.export()
+        self.edit_patch_message()
         code, out = self.check()
         self.assertEqual(1, code)
-        self.assertIn('demo/new.py is in the repo but not in the workspace',
-                      out)
+        self.assertIn('patches/demo/0001-Fix-the-answer.patch differs '
+                      'between the repo and the workspace', out)
 
     def test_build_refuses_to_overwrite_unexported_work(self):
         self.build()
+        self.commit_change()
+        self.export()
         (self.tree / 'README.rst').write_text('precious\n')
-        # The repository moves on (a new overlay file), so a build must
-        # rebuild, which would lose the uncommitted edit.
-        (self.root / 'demo').mkdir()
-        (self.root / 'demo' / 'new.py').write_text('NEW = 1\n')
+        # The repository moves on, so a build must rebuild, which would
+        # lose the uncommitted edit.
+        self.edit_patch_message()
         with self.assertRaisesRegex(workspace.WorkspaceError,
                                     'not exported.*--discard'):
             self.build()
@@ -265,6 +280,8 @@ class DistTest(unittest.TestCase):
     build = WorkspaceToolTest.build
     export = WorkspaceToolTest.export
     commit_change = WorkspaceToolTest.commit_change
+    patch_dir = WorkspaceToolTest.patch_dir
+    edit_patch_message = WorkspaceToolTest.edit_patch_message
 
     def released(self):
         """A repository whose series has one patch; the project in it."""
@@ -300,7 +317,7 @@ class DistTest(unittest.TestCase):
         (self.root / 'tools').mkdir()
         (self.root / workspace.DIST_REQUIREMENTS).write_text('build\n')
         before = workspace.dist_info(self.root, [project])
-        (self.root / 'demo' / 'extra.py').write_text('EXTRA = False\n')
+        self.edit_patch_message()
         self.assertNotEqual(before, workspace.dist_info(self.root, [project]))
 
     def test_artifacts_that_differ_from_their_checksums_are_rebuilt(self):

@@ -1,5 +1,0 @@
-{
-    "migrate": {
-        "copy_pmem_devices": true
-    }
-}

@@ -1,6 +1,0 @@
-{
-    "migrate": {
-        "host": %(hostname)s,
-        "copy_pmem_devices": true
-    }
-}
