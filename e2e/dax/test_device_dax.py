@@ -540,7 +540,11 @@ class SudoTestCase(DaxTestBase):
                 time.sleep(0.2)
                 for pid in self.helpers_running():
                     ids = self.ids(pid)
-                    if ids and ids['Uid'] == [uid] * 4:
+                    # The helper's own process: runuser's child is the
+                    # user's for a moment before it becomes sudo, with the
+                    # user's groups, under the same command line.
+                    if (ids and ids['Uid'] == [uid] * 4 and
+                            self.program(pid) == HELPER[0]):
                         helper_pid = pid
             self.assertIsNotNone(helper_pid, 'no helper runs as %s' % user)
             # Its saved and file-system ids too, and no supplementary group.
@@ -553,6 +557,15 @@ class SudoTestCase(DaxTestBase):
         # The stream it waited for never came.
         self.assertEqual(wire.EXIT_TRUNCATED, proc.returncode, err)
         self.assertIn(b'stream truncated before its header', err)
+
+    @staticmethod
+    def program(pid):
+        """The first word of a process's command line."""
+        try:
+            with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                return f.read().split(b'\0', 1)[0].decode()
+        except FileNotFoundError:
+            return None
 
     @staticmethod
     def ids(pid):
