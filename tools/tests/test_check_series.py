@@ -10,12 +10,15 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""Tests of tools/check-series' commit message rules."""
+"""Tests of tools/check-series' commit message and series rules."""
 
 import importlib.machinery
 import importlib.util
 import pathlib
+import subprocess
+import tempfile
 import unittest
+from unittest import mock
 
 TOOL = pathlib.Path(__file__).resolve().parent.parent / 'check-series'
 _loader = importlib.machinery.SourceFileLoader('check_series', str(TOOL))
@@ -70,3 +73,45 @@ class CheckMessageTest(unittest.TestCase):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+class ForwardReferencesTest(unittest.TestCase):
+    """A throwaway repository: upstream, then the patches under test."""
+
+    def setUp(self):
+        scratch = tempfile.TemporaryDirectory()
+        self.addCleanup(scratch.cleanup)
+        self.repo = pathlib.Path(scratch.name)
+        self.git('init', '-q', '-b', 'main')
+        self.commit('up.py', 'def upstream_helper():\n    pass\n', 'up')
+        self.git('branch', 'upstream')
+        patcher = mock.patch.object(check_series, 'NOVA', self.repo)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def git(self, *argv):
+        subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t',
+                        *argv], cwd=self.repo, check=True,
+                       capture_output=True)
+
+    def commit(self, path, text, subject):
+        (self.repo / path).write_text(text)
+        self.git('add', path)
+        self.git('commit', '-q', '-m', subject)
+
+    def test_a_name_used_before_its_patch_defines_it_is_found(self):
+        self.commit('a.py', 'copy_namespaces(record=read_the_record())\n',
+                    'uses')
+        self.commit('b.py', 'def read_the_record():\n    pass\n',
+                    'defines')
+        self.assertEqual([(1, 2, 'read_the_record')],
+                         check_series.forward_references(
+                             check_series.series()))
+
+    def test_a_name_defined_first_or_upstream_is_not(self):
+        self.commit('b.py', 'def read_the_record():\n    pass\n',
+                    'defines')
+        self.commit('a.py', 'read_the_record()\nupstream_helper()\n',
+                    'uses')
+        self.assertEqual([], check_series.forward_references(
+            check_series.series()))
