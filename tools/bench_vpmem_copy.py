@@ -15,9 +15,10 @@
 
 Everything runs on this machine: files on a tmpfs stand in for device-DAX
 namespaces, and a throw-away sshd on a random loopback port (own host and
-client keys, pinned known_hosts) stands in for the destination host. In
-each round the variants are run one after the other on every data set
-(interleaved), and every result is checked with cmp:
+client keys, pinned known_hosts, no login shell rc file) stands in for
+the destination host. In each round the variants are run one after the
+other on every data set (interleaved), and every result is checked with
+cmp:
 
   naive    the spec's pipeline with correct flags, default ssh cipher:
            daxio --input=SRC --len=N | ssh DEST daxio --output=DST --len=N
@@ -109,7 +110,11 @@ def run(cmd, **kwargs):
 
 
 class Sshd(object):
-    """A loopback sshd with its own keys; ssh_args reach it as HOST."""
+    """A loopback sshd with its own keys; ssh_args reach it as HOST.
+
+    Its sessions do not read the login shell's rc file: what a login costs
+    is sshd's and the helper's, not whatever root's ~/.bashrc runs.
+    """
 
     def __init__(self, workdir):
         self.dir = os.path.join(workdir, 'ssh')
@@ -130,7 +135,12 @@ class Sshd(object):
                 'PasswordAuthentication no', 'UsePAM no',
                 'KbdInteractiveAuthentication no',
                 'PermitRootLogin prohibit-password', 'StrictModes no',
-                'PidFile ' + j('sshd.pid'), 'LogLevel ERROR', '']))
+                'PidFile ' + j('sshd.pid'), 'LogLevel ERROR',
+                # bash run by sshd reads ~/.bashrc at shell level 1 only.
+                # Root's may do anything (here it runs pyenv's init, some
+                # 40 processes and 0.1 CPU-s per login); a copy logs in
+                # once per stream, ssh-cat once.
+                'SetEnv SHLVL=1', '']))
         with open(j('host_key.pub')) as f:
             key = ' '.join(f.read().split()[:2])
         with open(j('known_hosts'), 'w') as f:

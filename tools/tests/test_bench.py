@@ -76,3 +76,22 @@ class TestCheckout(unittest.TestCase):
         self.assertIn('VPMEMCopyFailed',
                       (tree / 'nova' / 'exception.py').read_text())
         self.assertTrue(os.path.isdir(tree / '.git'))
+
+
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which('sshd'),
+                     'the loopback sshd needs root and OpenSSH')
+class TestSshd(unittest.TestCase):
+
+    def test_sessions_skip_the_login_shell_rc_file(self):
+        # bash started by sshd reads ~/.bashrc only at shell level 1, so a
+        # session's shell must start at level 2: whatever root's rc file
+        # runs is then not counted in every login of a copy.
+        workdir = tempfile.mkdtemp(prefix='test-bench-')
+        self.addCleanup(shutil.rmtree, workdir)
+        sshd = bench.Sshd(workdir)
+        self.addCleanup(sshd.stop)
+        out = subprocess.run(
+            ['ssh', '-T', '-o', 'BatchMode=yes'] + sshd.ssh_args +
+            ['--', bench.HOST, 'echo "$SHLVL"'],
+            check=True, capture_output=True, text=True).stdout
+        self.assertEqual('2', out.strip())
