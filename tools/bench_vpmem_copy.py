@@ -699,16 +699,18 @@ def run_downtime(args, bench, workdir):
             make_source(src, size, zero / 100, 42 + rnd)
             make_source(dst, size, 0, 7)
             digest = digest or bench.crypto_digest(src, dst, size)
-            references = [('naive', bench.naive, {}),
-                          ('ssh-cat', bench.ssh_cat, {})]
+            references = [('naive', bench.naive, None),
+                          ('ssh-cat', bench.ssh_cat, None)]
             # A full copy with each stream count, receivers ready: does a
             # zero-heavy namespace need its second stream?
             for streams in (1, 2):
-                references.append((
-                    'full copy, %d stream(s)' % streams, bench.copier,
-                    {'streams': streams, 'prepared': bench.prepare(
-                        src, dst, size, streams)}))
-            for name, func, kwargs in references:
+                references.append(('full copy, %d stream(s)' % streams,
+                                   bench.copier, streams))
+            for name, func, streams in references:
+                # Receivers lock their ranges: each copy's are started
+                # just before it, once the previous copy's have exited.
+                kwargs = {'streams': streams, 'prepared': bench.prepare(
+                    src, dst, size, streams)} if streams else {}
                 _, secs, cpu = bench.timed(func, src, dst, size, **kwargs)
                 run(['cmp', '-n', str(size), src, dst])
                 samples.setdefault((data, name), []).append(
