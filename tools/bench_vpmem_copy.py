@@ -42,7 +42,11 @@ ratio to ssh-cat, its ratio to the first checkout, and every round's
 figures, so a change can show what it costs. Engines and helpers that act
 for an instance on namespace names and older ones that take device paths
 run side by side: the stand-in helper (tools/nova-vpmem-copy-on-files)
-gives either its files.
+gives either its files. With --ready every copy's receivers are started
+ahead, as the driver starts them before the power-off, and ssh-cat's ssh
+logs in and starts its remote cat ahead; both are timed from there (the
+data path without the logins, which are most of a small copy's cost), and
+their CPU-s/GB still count everything.
 
 With --downtime it measures instead what a cold migration's guest sees: the
 fixed cost of a copy (where it goes: ssh, helper start, the copy of a tiny
@@ -435,6 +439,10 @@ def main():
     parser.add_argument('--ab', nargs='+', metavar='REV',
                         help='compare the engines and helpers of these git '
                              'revisions ("workspace": .workspace/nova now)')
+    parser.add_argument('--ready', action='store_true',
+                        help='with --ab: start each copy\'s receivers (and '
+                             'ssh-cat\'s ssh) ahead, as the driver does '
+                             'before the power-off, and time from there')
     parser.add_argument('--out', default='bench_vpmem_copy')
     args = parser.parse_args()
     if args.ab:
@@ -831,8 +839,10 @@ class EngineProcess(object):
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), '--engine-worker',
              tree], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        # Its first line: where it imported the engine from, once ready.
-        self.engine = json.loads(self.proc.stdout.readline())['engine']
+        # Its first line: where it imported the engine from, once ready,
+        # and whether the engine can start its receivers ahead.
+        hello = json.loads(self.proc.stdout.readline())
+        self.engine, self.can_prepare = hello['engine'], hello['ready']
 
     def _ask(self, request):
         self.proc.stdin.write(json.dumps(request) + '\n')  # noqa: N324
@@ -842,10 +852,10 @@ class EngineProcess(object):
             raise RuntimeError('%s: %s' % (self.name, reply['error']))
         return reply
 
-    def copy(self, src, dst, size, streams, ssh_args):
+    def copy(self, src, dst, size, streams, ssh_args, ready=False):
         return self._ask({'src': src, 'dst': dst, 'size': size,
                           'streams': streams, 'helper': self.helper,
-                          'ssh_args': ssh_args})
+                          'ssh_args': ssh_args, 'ready': ready})
 
     def stop(self):
         self.proc.stdin.close()
@@ -858,7 +868,8 @@ def engine_worker(tree):
     from nova.virt.libvirt import vpmem_copy
     if not vpmem_copy.__file__.startswith(tree):
         sys.exit('%s imported from %s' % (tree, vpmem_copy.__file__))
-    print(json.dumps({'engine': vpmem_copy.__file__}),  # noqa: N324
+    print(json.dumps({'engine': vpmem_copy.__file__,  # noqa: N324
+                      'ready': hasattr(vpmem_copy, 'prepare_copy')}),
           flush=True)
     for line in sys.stdin:
         req = json.loads(line)  # noqa: N324
@@ -866,11 +877,19 @@ def engine_worker(tree):
         try:
             pair, kwargs = engine_call(vpmem_copy, req['src'], req['dst'],
                                        req['size'])
+            transport = dict(host=HOST, streams=req['streams'],
+                             cipher=CIPHER, helper=req['helper'],
+                             root_helper=(), ssh_args=req['ssh_args'])
+            if req['ready']:
+                # As the driver does before the power-off; not timed.
+                kwargs['prepared'] = vpmem_copy.prepare_copy(
+                    [pair], **transport, **kwargs)
+                time.sleep(1)
+            t0 = time.monotonic()
             out = vpmem_copy.copy_namespaces(
-                [pair], host=HOST, streams=req['streams'], verify=True,
-                cipher=CIPHER, helper=req['helper'], root_helper=(),
-                ssh_args=req['ssh_args'], **kwargs)
-            reply = {'cpu': cpu_self() - cpu0, 'digest': out[0]['digest']}
+                [pair], verify=True, **transport, **kwargs)
+            reply = {'cpu': cpu_self() - cpu0, 'digest': out[0]['digest'],
+                     'seconds': time.monotonic() - t0}
         except Exception as exc:
             reply = {'error': '%s: %s' % (type(exc).__name__, exc)}
         print(json.dumps(reply), flush=True)  # noqa: N324
@@ -891,6 +910,10 @@ def run_ab(args, bench, workdir):
         for rev in args.ab:
             engines.append(EngineProcess(rev, checkout(rev, trees), bench))
             print('%s: engine %s' % (rev, engines[-1].engine), flush=True)
+            if args.ready and not engines[-1].can_prepare:
+                sys.exit('%s: its engine cannot start receivers ahead '
+                         '(no prepare_copy); --ready needs fe78a11 or '
+                         'later' % rev)
         return _run_ab(args, bench, workdir, size, engines)
     finally:
         for engine in engines:
@@ -916,19 +939,21 @@ def _run_ab(args, bench, workdir, size, engines):
         order = engines[rnd % len(engines):] + \
             engines[:rnd % len(engines)]
         for data, src in datasets.items():
-            runs = [('ssh-cat', lambda: bench.ssh_cat(src, dst, size),
-                     None)]
+            runs = [('ssh-cat', lambda: (
+                ssh_cat_ready(bench, src, dst, size) if args.ready else
+                bench.ssh_cat(src, dst, size)), None)]
             runs += [(e.name, lambda e=e: e.copy(
-                src, dst, size, args.streams, bench.sshd.ssh_args), e)
-                for e in order]
+                src, dst, size, args.streams, bench.sshd.ssh_args,
+                ready=args.ready), e) for e in order]
             for name, func, engine in runs:
                 prepare_dest(dst, size, True, bench.dirt)
                 run(['sync'])
                 sshd0 = bench.sshd.cpu()
                 mine0 = cpu_self()
                 t0 = time.monotonic()
-                out = func()
-                secs = time.monotonic() - t0
+                out = func() or {}
+                # A ready run times itself from the point it was ready.
+                secs = out.get('seconds', time.monotonic() - t0)
                 bench.sshd.wait_idle()
                 cpu = bench.sshd.cpu() - sshd0
                 # ssh-cat's processes are this one's children; an
@@ -944,10 +969,30 @@ def _run_ab(args, bench, workdir, size, engines):
                          if engine else ''), flush=True)
     return {'size_mib': args.size_mib, 'rounds': args.rounds,
             'streams': args.streams, 'cpus': os.cpu_count(),
-            'checkouts': args.ab,
+            'checkouts': args.ab, 'ready': args.ready,
             'results': {'%s | %s' % k: summarize(v)
                         for k, v in samples.items()},
             'samples': {'%s | %s' % k: v for k, v in samples.items()}}
+
+
+def ssh_cat_ready(bench, src, dst, size):
+    """ssh-cat timed from the point its ssh and remote cat run.
+
+    The counterpart of a copy whose receivers were started ahead: no
+    login in the time of either, all of it in their CPU-s.
+    """
+    read_fd, write_fd = os.pipe()
+    ssh = subprocess.Popen(
+        ['ssh', '-T', '-o', 'BatchMode=yes', '-c', CIPHER] +
+        bench.sshd.ssh_args + ['--', HOST, 'cat 1<>' + dst], stdin=read_fd)
+    os.close(read_fd)
+    time.sleep(1)
+    t0 = time.monotonic()
+    cat = subprocess.Popen(['cat', src], stdout=write_fd)
+    os.close(write_fd)
+    if cat.wait() or ssh.wait():
+        raise RuntimeError('ssh-cat (ready) failed')
+    return {'seconds': time.monotonic() - t0}
 
 
 def paired(samples, key, base):
@@ -965,9 +1010,10 @@ def report_ab(args, results):
     res = results['results']
     samples = results['samples']
     first = results['checkouts'][0]
-    print('\nsize %d MiB, %d rounds (medians), %d streams, %d CPUs' % (
+    print('\nsize %d MiB, %d rounds (medians), %d streams, %d CPUs%s' % (
         results['size_mib'], results['rounds'], results['streams'],
-        results['cpus']))
+        results['cpus'], ', timed once ready (logged in, receivers '
+        'started)' if results.get('ready') else ''))
     print('ratios are medians of round-by-round ratios, [min, max]')
     print('%-9s %-12s %6s %8s %-20s %-20s %s' % (
         'data', 'variant', 'MB/s', 'CPU-s/GB', 'x ssh-cat',
