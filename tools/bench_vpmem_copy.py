@@ -952,7 +952,8 @@ def _run_ab(args, bench, workdir, size, engines):
                 mine0 = cpu_self()
                 t0 = time.monotonic()
                 out = func() or {}
-                # A ready run times itself from the point it was ready.
+                # An engine times its copy itself, without the request's
+                # round trip; a ready run from the point it was ready.
                 secs = out.get('seconds', time.monotonic() - t0)
                 bench.sshd.wait_idle()
                 cpu = bench.sshd.cpu() - sshd0
