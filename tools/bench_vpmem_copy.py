@@ -331,10 +331,29 @@ class Bench(object):
                  ['--', HOST, 'dd of=%s bs=1M iflag=fullblock %s '
                   'conv=notrunc status=none' % (dst, count)])
 
+    def ssh_cat_argv(self, dst):
+        return (['ssh', '-T', '-o', 'BatchMode=yes', '-c', CIPHER] +
+                self.sshd.ssh_args + ['--', HOST, 'cat 1<>' + dst])
+
     def ssh_cat(self, src, dst, size):
-        pipeline(['cat', src],
-                 ['ssh', '-T', '-o', 'BatchMode=yes', '-c', CIPHER] +
-                 self.sshd.ssh_args + ['--', HOST, 'cat 1<>' + dst])
+        pipeline(['cat', src], self.ssh_cat_argv(dst))
+
+    def ssh_cat_ready(self, src, dst, size):
+        """ssh-cat timed from the point its ssh and remote cat run.
+
+        The counterpart of a copy whose receivers were started ahead: no
+        login in the time of either, all of it in their CPU-s.
+        """
+        read_fd, write_fd = os.pipe()
+        ssh = subprocess.Popen(self.ssh_cat_argv(dst), stdin=read_fd)
+        os.close(read_fd)
+        time.sleep(1)
+        t0 = time.monotonic()
+        cat = subprocess.Popen(['cat', src], stdout=write_fd)
+        os.close(write_fd)
+        if cat.wait() or ssh.wait():
+            raise RuntimeError('ssh-cat (ready) failed')
+        return {'seconds': time.monotonic() - t0}
 
     def copier(self, src, dst, size, verify=True, streams=None,
                record=None, digest=None, prepared=None):
@@ -939,9 +958,8 @@ def _run_ab(args, bench, workdir, size, engines):
         order = engines[rnd % len(engines):] + \
             engines[:rnd % len(engines)]
         for data, src in datasets.items():
-            runs = [('ssh-cat', lambda: (
-                ssh_cat_ready(bench, src, dst, size) if args.ready else
-                bench.ssh_cat(src, dst, size)), None)]
+            ssh_cat = bench.ssh_cat_ready if args.ready else bench.ssh_cat
+            runs = [('ssh-cat', lambda: ssh_cat(src, dst, size), None)]
             runs += [(e.name, lambda e=e: e.copy(
                 src, dst, size, args.streams, bench.sshd.ssh_args,
                 ready=args.ready), e) for e in order]
@@ -974,26 +992,6 @@ def _run_ab(args, bench, workdir, size, engines):
             'results': {'%s | %s' % k: summarize(v)
                         for k, v in samples.items()},
             'samples': {'%s | %s' % k: v for k, v in samples.items()}}
-
-
-def ssh_cat_ready(bench, src, dst, size):
-    """ssh-cat timed from the point its ssh and remote cat run.
-
-    The counterpart of a copy whose receivers were started ahead: no
-    login in the time of either, all of it in their CPU-s.
-    """
-    read_fd, write_fd = os.pipe()
-    ssh = subprocess.Popen(
-        ['ssh', '-T', '-o', 'BatchMode=yes', '-c', CIPHER] +
-        bench.sshd.ssh_args + ['--', HOST, 'cat 1<>' + dst], stdin=read_fd)
-    os.close(read_fd)
-    time.sleep(1)
-    t0 = time.monotonic()
-    cat = subprocess.Popen(['cat', src], stdout=write_fd)
-    os.close(write_fd)
-    if cat.wait() or ssh.wait():
-        raise RuntimeError('ssh-cat (ready) failed')
-    return {'seconds': time.monotonic() - t0}
 
 
 def paired(samples, key, base):
